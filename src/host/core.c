@@ -1,0 +1,195 @@
+/* kubelua.core: tasks, time and wakers - the scheduler as Lua sees it. */
+#include "host.h"
+
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <time.h>
+
+/* spawn(fn, ...): run fn(...) in a new task on the next loop turn. */
+static int l_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    kl__spawn(kl__host(L), L, lua_gettop(L) - 1);
+    return 0;
+}
+
+/* --- sleep ------------------------------------------------------------- */
+
+typedef struct {
+    uv_timer_t timer;
+    kl_park *park;
+} sleeper;
+
+static void sleeper_free(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+static void on_sleep_done(uv_timer_t *t)
+{
+    sleeper *s = t->data;
+    kl__park_resume(s->park, 0);
+    uv_close((uv_handle_t *)&s->timer, sleeper_free);
+}
+
+static void sleep_cancel(void *ud)
+{
+    sleeper *s = ud;
+    uv_close((uv_handle_t *)&s->timer, sleeper_free);
+}
+
+/* sleep(seconds): park the task for at least that long (0 yields one turn). */
+static int l_sleep(lua_State *L)
+{
+    double secs = luaL_checknumber(L, 1);
+    if (secs < 0)
+        secs = 0;
+    kl_host *h = kl__host(L);
+    kl_park *p = kl__park_new(L);
+    sleeper *s = malloc(sizeof *s);
+    if (s == NULL)
+        return luaL_error(L, "out of memory");
+    s->park = p;
+    uv_timer_init(h->loop, &s->timer);
+    s->timer.data = s;
+    uv_timer_start(&s->timer, on_sleep_done, (uint64_t)(secs * 1000.0 + 0.5), 0);
+    kl__park_set_cancel(p, sleep_cancel, s);
+    return kl__park_yield(L, p);
+}
+
+/* --- clocks ------------------------------------------------------------- */
+
+static double ts_secs(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* now(): wall clock, seconds since the epoch (a float). */
+static int l_now(lua_State *L)
+{
+    lua_pushnumber(L, ts_secs(CLOCK_REALTIME));
+    return 1;
+}
+
+/* monotime(): monotonic seconds (a float), for measuring intervals. */
+static int l_monotime(lua_State *L)
+{
+    lua_pushnumber(L, ts_secs(CLOCK_MONOTONIC));
+    return 1;
+}
+
+/* cputime(): user + system CPU seconds used by this process. */
+static int l_cputime(lua_State *L)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    lua_pushnumber(L, (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                          (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6);
+    return 1;
+}
+
+/* --- wakers: park one task until another wakes it ------------------------ */
+
+#define WAKER_MT "kubelua.waker"
+
+typedef struct {
+    kl_park *waiting; /* the parked task, if any */
+    int pending;      /* wake() arrived before wait() */
+} waker;
+
+static void waker_cancel(void *ud)
+{
+    waker *w = ud;
+    w->waiting = NULL;
+}
+
+static int l_waker(lua_State *L)
+{
+    waker *w = lua_newuserdata(L, sizeof *w);
+    w->waiting = NULL;
+    w->pending = 0;
+    luaL_setmetatable(L, WAKER_MT);
+    return 1;
+}
+
+/* w:wait(): return at once if woken already, else park until w:wake(). */
+static int waker_wait(lua_State *L)
+{
+    waker *w = luaL_checkudata(L, 1, WAKER_MT);
+    if (w->waiting != NULL)
+        return luaL_error(L, "waker: another task is already waiting");
+    if (w->pending) {
+        w->pending = 0;
+        return 0;
+    }
+    kl_park *p = kl__park_new(L);
+    w->waiting = p;
+    kl__park_set_cancel(p, waker_cancel, w);
+    /* Keep the waker alive while a task waits on it. */
+    lua_pushlightuserdata(L, w);
+    lua_pushvalue(L, 1);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    return kl__park_yield(L, p);
+}
+
+/* w:wake(): resume the waiting task on the next loop turn. */
+static int waker_wake(lua_State *L)
+{
+    waker *w = luaL_checkudata(L, 1, WAKER_MT);
+    if (w->waiting != NULL) {
+        kl_park *p = w->waiting;
+        w->waiting = NULL;
+        lua_pushlightuserdata(L, w);
+        lua_pushnil(L);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+        kl__park_resume(p, 0);
+    } else {
+        w->pending = 1;
+    }
+    return 0;
+}
+
+/* log(level, msg): a klog-style line on stderr ('I', 'W' or 'E'). */
+static int l_log(lua_State *L)
+{
+    const char *lvl = luaL_checkstring(L, 1);
+    const char *msg = luaL_checkstring(L, 2);
+    char c = (lvl[0] == 'W' || lvl[0] == 'E') ? lvl[0] : 'I';
+    kl__log(c, "%s", msg);
+    return 0;
+}
+
+/* set_exit_code(n): what kl_host_exit_code reports (the CLI's exit status). */
+static int l_set_exit_code(lua_State *L)
+{
+    kl__host(L)->exit_code = (int)luaL_checkinteger(L, 1);
+    return 0;
+}
+
+/* parked_count(): tasks parked on an operation right now. */
+static int l_parked_count(lua_State *L)
+{
+    lua_pushinteger(L, kl__parked_count(kl__host(L)));
+    return 1;
+}
+
+int luaopen_kubelua_core(lua_State *L)
+{
+    static const luaL_Reg waker_methods[] = {{"wait", waker_wait}, {"wake", waker_wake}, {0, 0}};
+    luaL_newmetatable(L, WAKER_MT);
+    lua_newtable(L);
+    luaL_setfuncs(L, waker_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+
+    static const luaL_Reg fns[] = {
+        {"spawn", l_spawn},     {"sleep", l_sleep}, {"now", l_now}, {"monotime", l_monotime},
+        {"cputime", l_cputime}, {"waker", l_waker}, {"log", l_log},
+        {"set_exit_code", l_set_exit_code}, {"parked_count", l_parked_count}, {0, 0}};
+    luaL_newlib(L, fns);
+    lua_pushstring(L, KUBELUA_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}
