@@ -39,7 +39,9 @@ typedef struct kl_host_options {
     const char *lua_dir;
 } kl_host_options;
 
-/* Create a host. Returns NULL when out of memory or when the loop cannot be
+/* Create a host. If SIGPIPE still has its default action it is set to
+ * ignored, so a peer closing a socket shows up as an error, not an exit.
+ * Returns NULL when out of memory or when the loop cannot be
  * initialised. */
 kl_host *kl_host_new(const kl_host_options *opts);
 

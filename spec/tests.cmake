@@ -1,9 +1,25 @@
 # Every spec file under spec/ runs as one ctest test through the real binary.
+# Specs named *_e2e_spec.lua talk to the private containerd that the
+# `containerd` fixture starts (and cleans up) for the run.
+set(KL_CTD_DIR ${CMAKE_BINARY_DIR}/ctd)
+add_test(NAME containerd.start
+  COMMAND bash ${CMAKE_SOURCE_DIR}/tests/support/containerd.sh start ${KL_CTD_DIR})
+set_tests_properties(containerd.start PROPERTIES FIXTURES_SETUP containerd TIMEOUT 120)
+add_test(NAME containerd.clean
+  COMMAND bash ${CMAKE_SOURCE_DIR}/tests/support/containerd.sh clean ${KL_CTD_DIR})
+set_tests_properties(containerd.clean PROPERTIES FIXTURES_CLEANUP containerd TIMEOUT 120)
+
 file(GLOB KL_SPECS RELATIVE ${CMAKE_SOURCE_DIR}/spec ${CMAKE_SOURCE_DIR}/spec/*_spec.lua)
 foreach(s ${KL_SPECS})
   string(REPLACE "_spec.lua" "" name ${s})
   add_test(NAME spec.${name}
     COMMAND $<TARGET_FILE:kubelua> run ${CMAKE_SOURCE_DIR}/spec/runner.lua ${CMAKE_SOURCE_DIR}/spec/${s}
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(spec.${name} PROPERTIES TIMEOUT 300)
+  set_tests_properties(spec.${name} PROPERTIES TIMEOUT 300
+    ENVIRONMENT "KUBELUA_LUA_PATH=${CMAKE_SOURCE_DIR}/lua")
+  if(name MATCHES "_e2e$")
+    set_tests_properties(spec.${name} PROPERTIES FIXTURES_REQUIRED containerd
+      RESOURCE_LOCK containerd
+      ENVIRONMENT "KUBELUA_TEST_CTD_DIR=${KL_CTD_DIR};KUBELUA_LUA_PATH=${CMAKE_SOURCE_DIR}/lua")
+  endif()
 endforeach()

@@ -121,6 +121,10 @@ static int l_unary(lua_State *L)
     kl_grpc_channel *ch = check_channel(L, 1);
     method *m = check_method(L, 2);
     double timeout = luaL_optnumber(L, 4, 0);
+    if (lua_pushthread(L)) /* checked before the call starts: it must be able to park */
+        return luaL_error(L, "this call does I/O and must run in a task (kubelua.spawn, or a "
+                             "script started by kubelua run)");
+    lua_pop(L, 1);
     kl_buf b = {0};
     encode_request(L, m, 3, &b);
     unary *u = calloc(1, sizeof *u);
@@ -128,21 +132,19 @@ static int l_unary(lua_State *L)
         kl_buf_free(&b);
         return luaL_error(L, "out of memory");
     }
-    kl_park *p = kl__park_new(L);
-    u->park = p;
     u->co = L;
     u->m = m;
     int code;
     char err[512];
     u->call = kl_grpc_call_start(ch, m->path, &b, timeout, 0, &unary_ops, u, &code, err,
                                  sizeof err);
-    if (u->call == NULL) {
-        /* Failed at once: return directly, the task never parks. */
+    if (u->call == NULL) { /* failed at once: return directly, the task never parks */
         free(u);
-        kl__park_set_cancel(p, NULL, NULL);
-        kl__park_resume(p, kl__push_error(L, kl_grpc_code_name(code), "%s: %s", m->path, err));
-        return kl__park_yield(L, p);
+        return kl__push_error(L, kl_grpc_code_name(code), "%s: %s", m->path, err);
     }
+    /* No callback can run before we yield, so parking after the start is safe. */
+    kl_park *p = kl__park_new(L);
+    u->park = p;
     kl__park_set_cancel(p, unary_cancel, u);
     return kl__park_yield(L, p);
 }
@@ -386,11 +388,10 @@ static void build_methods(lua_State *L)
     size_t n = 0;
     for (const ProtobufCServiceDescriptor *const *s = kl_pb_all_services; *s; s++)
         n += (*s)->n_methods;
-    /* One userdata owns every entry; the table below keeps it alive. */
+    /* One userdata owns every entry; the registry keeps it for the state's life. */
     method *all = lua_newuserdata(L, sizeof(method) * (n ? n : 1));
+    lua_setfield(L, LUA_REGISTRYINDEX, "kubelua.grpc.method_entries");
     lua_newtable(L);
-    lua_pushvalue(L, -2);
-    lua_setfield(L, -2, "\0owner" + 1); /* hidden key "owner" */
     size_t k = 0;
     for (const ProtobufCServiceDescriptor *const *s = kl_pb_all_services; *s; s++) {
         for (unsigned i = 0; i < (*s)->n_methods; i++, k++) {
@@ -419,7 +420,6 @@ static void build_methods(lua_State *L)
         }
     }
     lua_setfield(L, LUA_REGISTRYINDEX, "kubelua.grpc.methods");
-    lua_pop(L, 1);
 }
 
 static int l_code_name(lua_State *L)

@@ -3,6 +3,7 @@
 #include "host.h"
 
 #include <lualib.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,6 +180,11 @@ kl_host *kl_host_new(const kl_host_options *opts)
         h->loop = &h->own_loop;
         h->owns_loop = 1;
     }
+    /* A peer that goes away (the runtime restarting) must be an EPIPE on
+     * write, not the end of the process. Left alone if the embedder chose. */
+    struct sigaction old;
+    if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
     h->L = luaL_newstate();
     if (h->L == NULL) {
         if (h->owns_loop)

@@ -701,39 +701,99 @@ static int encode_value(enc *E, const ProtobufCMessageDescriptor *d,
     }
 }
 
+/* Append one map entry (key at k, value at v) as a length-delimited field. */
+static int encode_map_entry(enc *E, const ProtobufCFieldDescriptor *fd, int k, int v, int depth)
+{
+    const ProtobufCMessageDescriptor *ed = fd->descriptor;
+    if (put_varint(E->b, ((uint64_t)fd->id << 3) | WT_LEN) != 0 || kl_buf_reserve(E->b, 5) != 0)
+        return -1;
+    size_t at = E->b->len;
+    E->b->len += 5;
+    /* a key or value of the wrong type is reported by encode_value */
+    if (encode_value(E, ed, &ed->fields[0], k, 1, depth) != 0 ||
+        encode_value(E, ed, &ed->fields[1], v, 1, depth) != 0)
+        return -1;
+    size_t n = E->b->len - at - 5;
+    uint8_t len[10];
+    int c = 0;
+    uint64_t w = n;
+    while (w >= 0x80) {
+        len[c++] = (uint8_t)(w | 0x80);
+        w >>= 7;
+    }
+    len[c++] = (uint8_t)w;
+    memmove(E->b->p + at + c, E->b->p + at + 5, n);
+    memcpy(E->b->p + at, len, (size_t)c);
+    E->b->len = at + (size_t)c + n;
+    return 0;
+}
+
+typedef struct {
+    const char *s;
+    size_t n;
+} keyref;
+
+static int keyref_cmp(const void *a, const void *b)
+{
+    const keyref *x = a, *y = b;
+    int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+    return c != 0 ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+/* Maps are written in key order, so equal tables always encode to equal
+ * bytes (stable hashes of specs, comparable requests). */
 static int encode_map(enc *E, const ProtobufCMessageDescriptor *d,
                       const ProtobufCFieldDescriptor *fd, int idx, int depth)
 {
     lua_State *L = E->L;
     const ProtobufCMessageDescriptor *ed = fd->descriptor;
+    size_t count = 0, cap = 0;
+    keyref *keys = NULL;
+    int all_strings = ed->fields[0].type == PROTOBUF_C_TYPE_STRING;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        int k = lua_gettop(L) - 1, v = lua_gettop(L);
-        if (put_varint(E->b, ((uint64_t)fd->id << 3) | WT_LEN) != 0 ||
-            kl_buf_reserve(E->b, 5) != 0)
-            return -1;
-        size_t at = E->b->len;
-        E->b->len += 5;
-        /* a key of the wrong type is reported by encode_value */
-        if (encode_value(E, ed, &ed->fields[0], k, 1, depth) != 0 ||
-            encode_value(E, ed, &ed->fields[1], v, 1, depth) != 0)
-            return -1;
-        size_t n = E->b->len - at - 5;
-        uint8_t len[10];
-        int c = 0;
-        uint64_t w = n;
-        while (w >= 0x80) {
-            len[c++] = (uint8_t)(w | 0x80);
-            w >>= 7;
-        }
-        len[c++] = (uint8_t)w;
-        memmove(E->b->p + at + c, E->b->p + at + 5, n);
-        memcpy(E->b->p + at, len, (size_t)c);
-        E->b->len = at + (size_t)c + n;
         lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            all_strings = 0;
+        if (!all_strings) {
+            lua_pop(L, 1);
+            break;
+        }
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            keyref *nk = realloc(keys, cap * sizeof *keys);
+            if (nk == NULL) {
+                free(keys);
+                lua_pop(L, 1);
+                return enc_fail(E, d, ": out of memory");
+            }
+            keys = nk;
+        }
+        /* the key string is anchored in the table while we encode */
+        keys[count].s = lua_tolstring(L, -1, &keys[count].n);
+        count++;
     }
-    (void)d;
-    return 0;
+    int rc = 0;
+    if (all_strings) {
+        qsort(keys, count, sizeof *keys, keyref_cmp);
+        for (size_t i = 0; rc == 0 && i < count; i++) {
+            lua_pushlstring(L, keys[i].s, keys[i].n);
+            lua_pushvalue(L, -1);
+            lua_rawget(L, idx);
+            rc = encode_map_entry(E, fd, lua_gettop(L) - 1, lua_gettop(L), depth);
+            lua_pop(L, 2);
+        }
+    } else {
+        lua_pushnil(L);
+        while (rc == 0 && lua_next(L, idx)) {
+            rc = encode_map_entry(E, fd, lua_gettop(L) - 1, lua_gettop(L), depth);
+            lua_pop(L, 1);
+        }
+        if (rc != 0)
+            lua_pop(L, 1);
+    }
+    free(keys);
+    return rc;
 }
 
 static int encode_message(enc *E, int idx, const ProtobufCMessageDescriptor *d, int depth)
