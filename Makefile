@@ -1,0 +1,45 @@
+# Thin wrapper over CMake: the README's two commands are `make demo` and `make test`.
+BUILD      ?= build
+BUILD_ASAN ?= build-asan
+JOBS       ?= $(shell nproc)
+DEMO_CTD   ?= /tmp/kubelua-demo-containerd
+
+.PHONY: all deps build build-asan test test-fast test-asan demo bench format clean
+
+all: build
+
+deps:
+	bash tests/support/deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(BUILD) -j$(JOBS)
+
+build-asan: deps
+	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DKL_SANITIZE=ON
+	cmake --build $(BUILD_ASAN) -j$(JOBS)
+
+# Every test, under ctest: the normal build, then the ASan+UBSan build.
+test: build build-asan
+	cd $(BUILD) && ctest --output-on-failure
+	cd $(BUILD_ASAN) && ctest --output-on-failure
+
+test-fast: build
+	cd $(BUILD) && ctest --output-on-failure
+
+# A private containerd, then the demo script against it; everything it
+# started is cleaned up on exit (also on Ctrl-C).
+demo: build
+	@bash tests/support/containerd.sh start $(DEMO_CTD) >/dev/null
+	@trap 'bash tests/support/containerd.sh clean $(DEMO_CTD) >/dev/null' EXIT INT TERM; \
+	  CONTAINER_RUNTIME_ENDPOINT=unix://$(DEMO_CTD)/containerd.sock \
+	  ./$(BUILD)/kubelua run examples/demo.lua
+
+bench: build
+	bash bench/cri/run.sh
+
+format:
+	clang-format -i src/*/*.c src/*/*.h include/*.h
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)
