@@ -272,6 +272,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id,
     kl_grpc_call *call = nghttp2_session_get_stream_user_data(s, stream_id);
     if (call == NULL || call->done)
         return 0;
+    if (call->http_status != 200) /* an HTTP error page, not gRPC frames */
+        return 0;
     size_t max = call->ch->opt.max_message;
     while (len > 0) {
         if (!call->in_msg) {
@@ -433,6 +435,19 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
             snprintf(c->error, sizeof c->error, "server sent GOAWAY: %s",
                      nghttp2_http2_strerror(frame->goaway.error_code));
     }
+    return 0;
+}
+
+/* We end the connection when the server breaks the protocol: say why. */
+static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *user)
+{
+    (void)s;
+    conn *c = user;
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR &&
+        !c->error[0])
+        snprintf(c->error, sizeof c->error, "HTTP/2 protocol error from the server (%s): %.*s",
+                 nghttp2_http2_strerror(frame->goaway.error_code),
+                 (int)frame->goaway.opaque_data_len, (const char *)frame->goaway.opaque_data);
     return 0;
 }
 
@@ -663,6 +678,7 @@ static int setup_session(conn *c)
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_error_callback2(cbs, on_error);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     int rc = nghttp2_session_client_new(&c->session, cbs, c);
     nghttp2_session_callbacks_del(cbs);
     if (rc != 0)
