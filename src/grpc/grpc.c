@@ -445,9 +445,10 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
     conn *c = user;
     if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR &&
         !c->error[0])
-        snprintf(c->error, sizeof c->error, "HTTP/2 protocol error from the server (%s): %.*s",
+        snprintf(c->error, sizeof c->error, "HTTP/2 protocol error from the server (%s)%s%.*s",
                  nghttp2_http2_strerror(frame->goaway.error_code),
-                 (int)frame->goaway.opaque_data_len, (const char *)frame->goaway.opaque_data);
+                 frame->goaway.opaque_data_len ? ": " : "", (int)frame->goaway.opaque_data_len,
+                 (const char *)frame->goaway.opaque_data);
     return 0;
 }
 

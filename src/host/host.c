@@ -206,6 +206,7 @@ kl_host *kl_host_new(const kl_host_options *opts)
     kl_host_preload(h, "kubelua.core", luaopen_kubelua_core);
     kl_host_preload(h, "kubelua.pb", luaopen_kubelua_pb);
     kl_host_preload(h, "kubelua.grpc", luaopen_kubelua_grpc);
+    kl_host_preload(h, "kubelua.http.core", luaopen_kubelua_http_core);
     kl_host_preload(h, "kubelua.ext", ext_open);
     return h;
 }

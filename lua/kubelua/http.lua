@@ -1,0 +1,218 @@
+-- kubelua.http: an HTTP(S) client on the host's loop (libcurl multi, no thread).
+--
+--   local http = require "kubelua.http"
+--   local resp, err, code = http.request{ url = "http://127.0.0.1:10248/healthz", timeout = 1 }
+--   if resp then print(resp.status, resp.headers["content-type"], #resp.body) end
+--   local r = assert(http.get("http://127.0.0.1:8080/", { max_body = 4096, truncate = true }))
+--
+-- A request parks the calling task until the transfer ends; many tasks can
+-- have requests in flight at once. It must run in a task (a script started by
+-- `kubelua run`, or kubelua.task.spawn).
+--
+-- Options (all optional but url; unknown names and wrong types throw):
+--   url               string: http:// or https:// (other schemes give URL)
+--   method            "GET" (default), "HEAD", "POST", "PUT", any token
+--   headers           { ["Name"] = "value", ... } or { "Name: value", ... };
+--                     a map value "" sends an empty header; an array line
+--                     "Name:" (no value) removes a header curl would add
+--   body              string sent as the request body (any method but HEAD);
+--                     no Content-Type is added unless given in headers
+--   timeout           seconds for the whole request (default 10; 0 = none)
+--   connect_timeout   seconds to connect (default: up to timeout)
+--   max_body          bytes of response body accepted (default 10 MiB)
+--   truncate          false (default): a longer body fails with TOO_LARGE;
+--                     true: the first max_body bytes, resp.truncated = true
+--   follow_redirects  false (default): a 3xx is the response
+--   max_redirects     when following (default 10)
+--   verify_tls        true (default): check the server's certificate and name
+--   ca_file, cert_file, key_file   PEM files: CA bundle, client certificate/key
+--   unix_socket       connect to this unix socket path instead (the URL's
+--                     host is only the Host header)
+--   keepalive         true (default): reuse connections between requests
+--   proxy             proxy URL; by default none (the environment's
+--                     http_proxy & co. are never used)
+--
+-- The response: { status = 200, headers = { ["content-type"] = "...", ... },
+--   body = "...", url = "effective URL", truncated = false, redirects = 0,
+--   timings = { dns =, connect =, tls =, first_byte =, total = } }
+-- Header names are lowercased; a repeated header's values are joined with
+-- ", ". Timings are seconds from the start of the request to the end of each
+-- phase, as curl reports them (tls is 0 without TLS), so
+-- dns <= connect <= first_byte <= total.
+--
+-- An HTTP status, 404 or 500 included, is a response, never an error. A failure
+-- returns nil, "CODE: METHOD url: message", "CODE" with CODE one of:
+--   TIMEOUT    timeout or connect_timeout expired
+--   CONNECT    connection refused or unreachable
+--   DNS        host name not resolved
+--   PROXY      proxy not resolved or failed
+--   TLS        handshake, certificate or key problem
+--   HTTP2      HTTP/2 (or HTTP/3) framing or stream error
+--   TOO_LARGE  body over max_body (without truncate), or headers over 1 MiB
+--   REDIRECTS  more than max_redirects redirects
+--   URL        malformed URL or a scheme other than http/https
+--   CLOSED     the server closed the connection before a complete response
+--   IO         send or receive failed
+--   PROTOCOL   the server's reply is not valid HTTP (or bad content encoding)
+--   ERROR      anything else (out of memory, ...)
+local core = require "kubelua.http.core"
+
+local M = {}
+
+M.CODES = { "TIMEOUT", "CONNECT", "DNS", "PROXY", "TLS", "HTTP2", "TOO_LARGE", "REDIRECTS", "URL",
+  "CLOSED", "IO", "PROTOCOL", "ERROR" }
+
+M.defaults = {
+  method = "GET",
+  timeout = 10,
+  max_body = 10 * 1024 * 1024,
+  truncate = false,
+  follow_redirects = false,
+  max_redirects = 10,
+  verify_tls = true,
+  keepalive = true,
+  user_agent = "kubelua/" .. require("kubelua.core").version,
+}
+
+local OPTIONS = {
+  url = "string", method = "string", headers = "table", body = "string", timeout = "number",
+  connect_timeout = "number", max_body = "number", truncate = "boolean",
+  follow_redirects = "boolean", max_redirects = "number", verify_tls = "boolean",
+  ca_file = "string", cert_file = "string", key_file = "string", unix_socket = "string",
+  keepalive = "boolean", proxy = "string",
+}
+
+local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
+
+local function bad(name, msg)
+  error("kubelua.http: option '" .. name .. "' " .. msg, 4)
+end
+
+local function no_ctl(name, s)
+  if s:find("[\r\n%z]") then
+    bad(name, "contains CR, LF or NUL")
+  end
+end
+
+-- { "Name: value", ... } from the map or array form; `given` collects the
+-- lowercased names so defaults do not override them.
+local function header_lines(h, given)
+  local lines, names = {}, {}
+  for k, v in pairs(h) do
+    if type(k) == "number" then
+      if type(v) ~= "string" then
+        bad("headers", "entry " .. k .. " must be a \"Name: value\" string, got " .. type(v))
+      end
+      local name = v:match("^([^:;]*)[:;]")
+      if not name or not name:find(TOKEN) then
+        bad("headers", string.format("entry %d %q is not a \"Name: value\" line", k, v))
+      end
+      no_ctl("headers", v)
+      lines[#lines + 1] = v
+      given[name:lower()] = true
+    elseif type(k) == "string" then
+      if not k:find(TOKEN) then
+        bad("headers", string.format("%q is not a valid header name", k))
+      end
+      if type(v) ~= "string" and type(v) ~= "number" then
+        bad("headers", string.format("value of %q must be a string or number, got %s", k, type(v)))
+      end
+      v = tostring(v)
+      no_ctl("headers", v)
+      names[#names + 1] = k
+      given[k:lower()] = true
+    else
+      bad("headers", "keys must be header names or array indexes, got " .. type(k))
+    end
+  end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    local v = tostring(h[k])
+    -- curl's syntax: "Name;" sends an empty header, "Name:" would remove it
+    lines[#lines + 1] = v == "" and (k .. ";") or (k .. ": " .. v)
+  end
+  return lines
+end
+
+-- Check `opts` and build the table kubelua.http.core takes.
+local function prepare(opts)
+  if type(opts) ~= "table" then
+    error("kubelua.http: request expects a table of options, got " .. type(opts), 3)
+  end
+  local o = {}
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if want == nil then
+      error("kubelua.http: unknown option '" .. tostring(k) .. "'", 3)
+    end
+    if type(v) ~= want then
+      error(string.format("kubelua.http: option '%s' must be a %s, got %s", k, want, type(v)), 3)
+    end
+    if want == "number" and (v < 0 or v ~= v or v == math.huge) then
+      error(string.format("kubelua.http: option '%s' must be a non-negative number, got %s", k,
+        tostring(v)), 3)
+    end
+    o[k] = v
+  end
+  if o.url == nil then
+    error("kubelua.http: option 'url' is required", 3)
+  end
+  for k, v in pairs(M.defaults) do
+    if o[k] == nil and OPTIONS[k] then
+      o[k] = v
+    end
+  end
+  if not o.method:find(TOKEN) then
+    error(string.format("kubelua.http: option 'method' %q is not an HTTP method", o.method), 3)
+  end
+  if o.method == "HEAD" and o.body ~= nil then
+    error("kubelua.http: option 'body' is not allowed with method HEAD", 3)
+  end
+  if o.max_redirects ~= math.floor(o.max_redirects) then
+    error("kubelua.http: option 'max_redirects' must be an integer", 3)
+  end
+  local given = {}
+  local lines = o.headers and header_lines(o.headers, given) or {}
+  if not given["user-agent"] and M.defaults.user_agent then
+    lines[#lines + 1] = "User-Agent: " .. M.defaults.user_agent
+  end
+  if o.body ~= nil or o.method == "POST" then
+    -- What is sent is what was given: no form Content-Type made up by curl,
+    -- and no "Expect: 100-continue" round trip for large bodies.
+    if not given["content-type"] then
+      lines[#lines + 1] = "Content-Type:"
+    end
+    if not given["expect"] then
+      lines[#lines + 1] = "Expect:"
+    end
+  end
+  o.headers = lines
+  return o
+end
+
+-- request(opts) -> resp | nil, err, code   (parks the task)
+function M.request(opts)
+  return core.request(prepare(opts))
+end
+
+-- get(url, opts) -> resp | nil, err, code
+function M.get(url, opts)
+  if type(url) ~= "string" then
+    error("kubelua.http: option 'url' must be a string, got " .. type(url), 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("kubelua.http: get expects a table of options, got " .. type(opts), 2)
+  end
+  local o = {}
+  for k, v in pairs(opts or {}) do
+    o[k] = v
+  end
+  o.url = url
+  return core.request(prepare(o))
+end
+
+-- code_name(curlcode) -> the CODE a libcurl CURLcode number maps to
+M.code_name = core.code_name
+M.curl_version = core.version
+
+return M

@@ -1,0 +1,954 @@
+/* kubelua.http.core: HTTP(S) requests with libcurl's multi interface on the
+ * host's libuv loop. No thread, no polling: curl tells us which sockets to
+ * watch (CURLMOPT_SOCKETFUNCTION -> one uv_poll per socket) and when to call
+ * it back (CURLMOPT_TIMERFUNCTION -> one uv_timer); readiness is handed back
+ * with curl_multi_socket_action and finished transfers are collected with
+ * curl_multi_info_read, from loop callbacks only.
+ *
+ *   local core = require "kubelua.http.core"
+ *   local resp, err, code = core.request{ url = "http://127.0.0.1:8080/", ... }
+ *
+ * The Lua module kubelua.http (lua/kubelua/http.lua) checks option names,
+ * fills in defaults and normalises headers; this file only checks the types
+ * it reads. Options left nil keep curl's behaviour (no timeout, no body
+ * limit), except that proxies come only from `proxy=` (never from the
+ * environment), only http and https are allowed, and signals are not used.
+ *
+ * One state per Lua state holds the multi handle, the timer and the polls.
+ * It is created on first use and owned by a registry userdata whose __gc
+ * tears it down; the uv handles live in malloc'd memory freed by their close
+ * callbacks, since Lua frees userdata before the host closes its loop.
+ */
+#include "host/host.h"
+
+#include <curl/curl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STATE_MT "kubelua.http.state"
+#define STATE_KEY "kubelua.http.state"
+#define MAX_HEADER_BYTES (1024 * 1024) /* all header lines of one response */
+
+typedef struct http_state http_state;
+typedef struct request request;
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} buf;
+
+/* One socket curl asked us to watch. */
+typedef struct sock {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    http_state *st;
+    struct sock *prev, *next;
+} sock;
+
+struct http_state {
+    uv_loop_t *loop;
+    lua_State *L; /* the host's main state: results are built there */
+    CURLM *multi;
+    uv_timer_t timer;
+    sock *socks;      /* polls not yet closing */
+    request *reqs;    /* requests in the multi */
+    int running;      /* how many: the uv handles keep the loop alive only while > 0 */
+    int open_handles; /* uv handles whose close callback has not run */
+    int closing;      /* __gc ran: freed when open_handles drops to 0 */
+    int failed;       /* some request has `failed` set, see sweep_failed */
+};
+
+struct request {
+    http_state *st;
+    CURL *easy;
+    kl_park *park;
+    lua_State *co;
+    struct curl_slist *headers;
+    char *label; /* "METHOD url" for messages, without user:password */
+    buf body, head;
+    size_t max_body;
+    int truncate;
+    int truncated, too_large, head_too_large, oom;
+    int failed; /* a socket of ours could not be watched (uv error) */
+    char errbuf[CURL_ERROR_SIZE];
+    request *prev, *next;
+};
+
+/* ------------------------------------------------------------ small helpers */
+
+static int buf_append(buf *b, const char *p, size_t n)
+{
+    if (n > SIZE_MAX - b->len)
+        return -1;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->len + n)
+            cap = cap > SIZE_MAX / 2 ? b->len + n : cap * 2;
+        char *d = realloc(b->data, cap);
+        if (d == NULL)
+            return -1;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static void buf_free(buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* "METHOD url" with any user:password@ of the URL replaced by "***@". */
+static char *make_label(const char *method, const char *url)
+{
+    size_t n = strlen(method) + strlen(url) + 8;
+    char *s = malloc(n);
+    if (s == NULL)
+        return NULL;
+    const char *auth = strstr(url, "://");
+    const char *at = NULL;
+    if (auth != NULL) {
+        auth += 3;
+        size_t hostlen = strcspn(auth, "/?#");
+        const char *a = memchr(auth, '@', hostlen);
+        /* the last '@' before the path ends the user info */
+        while (a != NULL) {
+            at = a;
+            a = memchr(a + 1, '@', hostlen - (size_t)(a + 1 - auth));
+        }
+    }
+    if (at != NULL)
+        snprintf(s, n, "%s %.*s***%s", method, (int)(auth - url), url, at);
+    else
+        snprintf(s, n, "%s %s", method, url);
+    return s;
+}
+
+/* The stable short names Lua code branches on (documented in http.lua). */
+static const char *code_name(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OK:
+        return "OK";
+    case CURLE_OPERATION_TIMEDOUT:
+        return "TIMEOUT";
+    case CURLE_COULDNT_CONNECT:
+        return "CONNECT";
+    case CURLE_COULDNT_RESOLVE_HOST:
+        return "DNS";
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_PROXY:
+        return "PROXY";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CLIENTCERT:
+    case CURLE_USE_SSL_FAILED:
+        return "TLS";
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_HTTP3:
+    case CURLE_QUIC_CONNECT_ERROR:
+        return "HTTP2";
+    case CURLE_FILESIZE_EXCEEDED:
+        return "TOO_LARGE";
+    case CURLE_TOO_MANY_REDIRECTS:
+        return "REDIRECTS";
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        return "URL";
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+        return "CLOSED";
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+        return "IO";
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_BAD_CONTENT_ENCODING:
+        return "PROTOCOL";
+    default:
+        return "ERROR";
+    }
+}
+
+/* ------------------------------------------------------ uv handle lifetime */
+
+static void handle_closed(http_state *st)
+{
+    if (--st->open_handles == 0 && st->closing)
+        free(st);
+}
+
+static void sock_closed(uv_handle_t *h)
+{
+    sock *s = h->data;
+    http_state *st = s->st;
+    free(s);
+    handle_closed(st);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    handle_closed(h->data);
+}
+
+static void sock_close(http_state *st, sock *s)
+{
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        st->socks = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    uv_poll_stop(&s->poll);
+    uv_close((uv_handle_t *)&s->poll, sock_closed);
+}
+
+/* Idle keep-alive connections must not keep the host running: the handles
+ * hold the loop only while a request is in flight. */
+static void set_refs(http_state *st, int on)
+{
+    if (on)
+        uv_ref((uv_handle_t *)&st->timer);
+    else
+        uv_unref((uv_handle_t *)&st->timer);
+    for (sock *s = st->socks; s != NULL; s = s->next) {
+        if (on)
+            uv_ref((uv_handle_t *)&s->poll);
+        else
+            uv_unref((uv_handle_t *)&s->poll);
+    }
+}
+
+/* ----------------------------------------------------------- requests */
+
+static void req_unlink(request *r)
+{
+    http_state *st = r->st;
+    if (r->prev != NULL)
+        r->prev->next = r->next;
+    else
+        st->reqs = r->next;
+    if (r->next != NULL)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    if (--st->running == 0)
+        set_refs(st, 0);
+}
+
+/* Remove from the multi (if added) and free everything. Never called from
+ * inside a curl callback. */
+static void req_free(request *r, int added)
+{
+    if (r->easy != NULL) {
+        if (added) {
+            curl_multi_remove_handle(r->st->multi, r->easy);
+            req_unlink(r);
+        }
+        curl_easy_cleanup(r->easy);
+    }
+    curl_slist_free_all(r->headers);
+    buf_free(&r->body);
+    buf_free(&r->head);
+    free(r->label);
+    free(r);
+}
+
+/* Cancel hook: the host dropped the task (shutdown); nothing is resumed. */
+static void req_cancel(void *ud)
+{
+    req_free(ud, 1);
+}
+
+static size_t on_body(char *ptr, size_t size, size_t n, void *ud)
+{
+    request *r = ud;
+    size_t len = size * n;
+    size_t room = r->max_body - r->body.len;
+    if (len > room) {
+        if (r->truncate) {
+            if (buf_append(&r->body, ptr, room) != 0)
+                r->oom = 1;
+            else
+                r->truncated = 1;
+        } else {
+            r->too_large = 1;
+        }
+        return CURL_WRITEFUNC_ERROR; /* stop reading: no need for the rest */
+    }
+    if (buf_append(&r->body, ptr, len) != 0) {
+        r->oom = 1;
+        return CURL_WRITEFUNC_ERROR;
+    }
+    return len;
+}
+
+static size_t on_header(char *ptr, size_t size, size_t n, void *ud)
+{
+    request *r = ud;
+    size_t len = size * n;
+    /* A status line starts a new response (1xx, redirects followed, a
+     * proxy's CONNECT reply): keep only the last one's headers and body. */
+    if (len >= 5 && memcmp(ptr, "HTTP/", 5) == 0) {
+        r->head.len = 0;
+        r->body.len = 0;
+        r->truncated = 0;
+    }
+    if (r->head.len + len > MAX_HEADER_BYTES) {
+        r->head_too_large = 1;
+        return 0;
+    }
+    if (buf_append(&r->head, ptr, len) != 0) {
+        r->oom = 1;
+        return 0;
+    }
+    return len;
+}
+
+static double secs_info(CURL *e, CURLINFO what)
+{
+    curl_off_t us = 0;
+    if (curl_easy_getinfo(e, what, &us) != CURLE_OK)
+        return 0;
+    return (double)us / 1e6;
+}
+
+static void set_num(lua_State *L, const char *k, double v)
+{
+    lua_pushnumber(L, v);
+    lua_setfield(L, -2, k);
+}
+
+/* Add `v` under `name` in the table on top of L, after `sep` when the
+ * name is there already. */
+static void add_header(lua_State *L, const char *name, size_t nlen, const char *sep, const char *v,
+                       size_t vlen)
+{
+    lua_pushlstring(L, name, nlen);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushlstring(L, v, vlen);
+    } else {
+        lua_pushstring(L, sep);
+        lua_pushlstring(L, v, vlen);
+        lua_concat(L, 3);
+    }
+    lua_rawset(L, -3);
+}
+
+/* Push the raw header block of the last response as a table: lowercased
+ * names (lowercased in place), repeated names joined with ", ", obsolete
+ * folded lines appended with a space. */
+static void push_headers(lua_State *L, char *p, size_t len)
+{
+    lua_newtable(L);
+    if (len == 0)
+        return;
+    char *end = p + len;
+    const char *name = NULL;
+    size_t nlen = 0;
+    while (p < end) {
+        char *eol = memchr(p, '\n', (size_t)(end - p));
+        char *next = eol != NULL ? eol + 1 : end;
+        char *le = eol != NULL ? eol : end;
+        if (le > p && le[-1] == '\r')
+            le--;
+        char *colon = memchr(p, ':', (size_t)(le - p));
+        if (le == p || (le - p >= 5 && memcmp(p, "HTTP/", 5) == 0)) {
+            name = NULL; /* blank line or status line */
+        } else if (*p == ' ' || *p == '\t') {
+            while (p < le && (*p == ' ' || *p == '\t'))
+                p++;
+            if (name != NULL)
+                add_header(L, name, nlen, " ", p, (size_t)(le - p));
+        } else if (colon != NULL && colon > p) {
+            for (char *c = p; c < colon; c++)
+                if (*c >= 'A' && *c <= 'Z')
+                    *c = (char)(*c - 'A' + 'a');
+            name = p;
+            nlen = (size_t)(colon - p);
+            const char *v = colon + 1;
+            while (v < le && (*v == ' ' || *v == '\t'))
+                v++;
+            while (le > v && (le[-1] == ' ' || le[-1] == '\t'))
+                le--;
+            add_header(L, name, nlen, ", ", v, (size_t)(le - v));
+        }
+        p = next;
+    }
+}
+
+typedef struct {
+    request *r;
+    CURLcode rc;
+    int nres;
+} finish_ctx;
+
+/* Build the results on the host's main state (inside lua_cpcall, so an
+ * allocation failure cannot escape) and move them to the parked task. */
+static int push_results(lua_State *L)
+{
+    finish_ctx *c = lua_touserdata(L, 1);
+    request *r = c->r;
+    CURLcode rc = c->rc;
+    lua_settop(L, 0);
+    if (rc == CURLE_WRITE_ERROR && r->truncated && !r->oom)
+        rc = CURLE_OK; /* we stopped reading on purpose */
+    if (rc != CURLE_OK) {
+        const char *code = code_name(rc);
+        const char *detail = r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc);
+        char size[64];
+        if (r->oom) {
+            code = "ERROR";
+            detail = "out of memory";
+        } else if (r->too_large) {
+            code = "TOO_LARGE";
+            snprintf(size, sizeof size, "response body exceeds max_body (%zu bytes)", r->max_body);
+            detail = size;
+        } else if (r->head_too_large) {
+            code = "TOO_LARGE";
+            snprintf(size, sizeof size, "response headers exceed %d bytes", MAX_HEADER_BYTES);
+            detail = size;
+        }
+        size_t n = strlen(detail);
+        while (n > 0 && (detail[n - 1] == '\n' || detail[n - 1] == '\r'))
+            n--;
+        c->nres = kl__push_error(L, code, "%s: %.*s", r->label, (int)n, detail);
+    } else {
+        CURL *e = r->easy;
+        long status = 0, redirects = 0;
+        char *url = NULL;
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(e, CURLINFO_REDIRECT_COUNT, &redirects);
+        curl_easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &url);
+        lua_createtable(L, 0, 7);
+        lua_pushinteger(L, (lua_Integer)status);
+        lua_setfield(L, -2, "status");
+        push_headers(L, r->head.data, r->head.len);
+        lua_setfield(L, -2, "headers");
+        lua_pushlstring(L, r->body.data ? r->body.data : "", r->body.len);
+        lua_setfield(L, -2, "body");
+        lua_pushstring(L, url ? url : "");
+        lua_setfield(L, -2, "url");
+        lua_pushboolean(L, r->truncated);
+        lua_setfield(L, -2, "truncated");
+        lua_pushinteger(L, (lua_Integer)redirects);
+        lua_setfield(L, -2, "redirects");
+        lua_createtable(L, 0, 5);
+        set_num(L, "dns", secs_info(e, CURLINFO_NAMELOOKUP_TIME_T));
+        set_num(L, "connect", secs_info(e, CURLINFO_CONNECT_TIME_T));
+        set_num(L, "tls", secs_info(e, CURLINFO_APPCONNECT_TIME_T));
+        set_num(L, "first_byte", secs_info(e, CURLINFO_STARTTRANSFER_TIME_T));
+        set_num(L, "total", secs_info(e, CURLINFO_TOTAL_TIME_T));
+        lua_setfield(L, -2, "timings");
+        c->nres = 1;
+    }
+    lua_xmove(L, r->co, c->nres);
+    return 0;
+}
+
+/* The transfer ended: queue the task's resumption and free the request. */
+static void finish(request *r, CURLcode rc)
+{
+    finish_ctx c = {r, rc, 0};
+    lua_State *L = r->st->L;
+    int top = lua_gettop(L);
+    if (!lua_checkstack(r->co, 4) || lua_cpcall(L, push_results, &c) != 0) {
+        lua_settop(L, top);
+        c.nres = kl__push_error(r->co, "ERROR", "%s: out of memory", r->label);
+    }
+    kl__park_resume(r->park, c.nres);
+    req_free(r, 1);
+}
+
+static void check_done(http_state *st)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(st->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURL *e = m->easy_handle;
+        CURLcode rc = m->data.result; /* m is invalid once e is removed */
+        char *priv = NULL;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+        finish((request *)priv, rc);
+    }
+}
+
+/* Requests whose socket we could not watch end with an error here. */
+static void sweep_failed(http_state *st)
+{
+    if (!st->failed)
+        return;
+    st->failed = 0;
+    request *r = st->reqs;
+    while (r != NULL) {
+        request *next = r->next;
+        if (r->failed) {
+            snprintf(r->errbuf, sizeof r->errbuf, "cannot watch the socket: %s",
+                     uv_strerror(r->failed));
+            finish(r, CURLE_COULDNT_CONNECT);
+        }
+        r = next;
+    }
+}
+
+/* --------------------------------------------------- curl <-> libuv glue */
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    sock *s = p->data;
+    http_state *st = s->st;
+    int flags = 0;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    int running;
+    curl_multi_socket_action(st->multi, s->fd, flags, &running);
+    check_done(st);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    http_state *st = t->data;
+    int running;
+    curl_multi_socket_action(st->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(st);
+    sweep_failed(st);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch `fd` for `what`, or stop watching it. */
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    http_state *st = userp;
+    sock *s = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s != NULL) {
+            curl_multi_assign(st->multi, fd, NULL);
+            sock_close(st, s);
+        }
+        return 0;
+    }
+    if (s == NULL) {
+        int err = UV_ENOMEM;
+        s = calloc(1, sizeof *s);
+        if (s == NULL || (err = uv_poll_init_socket(st->loop, &s->poll, fd)) != 0) {
+            /* Fail this request from the timer: curl must not be called
+             * from here, and -1 would fail every transfer of the multi. */
+            free(s);
+            char *priv = NULL;
+            curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+            if (priv != NULL) {
+                ((request *)priv)->failed = err;
+                st->failed = 1;
+                uv_timer_start(&st->timer, on_timeout, 0, 0);
+            }
+            return 0;
+        }
+        s->poll.data = s;
+        s->fd = fd;
+        s->st = st;
+        s->next = st->socks;
+        if (st->socks != NULL)
+            st->socks->prev = s;
+        st->socks = s;
+        st->open_handles++;
+        if (st->running == 0)
+            uv_unref((uv_handle_t *)&s->poll);
+        curl_multi_assign(st->multi, fd, s);
+    }
+    int ev = 0;
+    if (what & CURL_POLL_IN)
+        ev |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        ev |= UV_WRITABLE;
+    uv_poll_start(&s->poll, ev, on_poll);
+    return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: one timer; 0 means "as soon as possible" (never
+ * from inside this callback), -1 means none. */
+static int on_timer(CURLM *m, long timeout_ms, void *userp)
+{
+    http_state *st = userp;
+    if (st->closing)
+        return 0;
+    if (timeout_ms < 0)
+        uv_timer_stop(&st->timer);
+    else
+        uv_timer_start(&st->timer, on_timeout, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ state */
+
+static int state_gc(lua_State *L)
+{
+    http_state **u = luaL_checkudata(L, 1, STATE_MT);
+    http_state *st = *u;
+    if (st == NULL)
+        return 0;
+    *u = NULL;
+    /* Parked requests were cancelled by the host before lua_close; anything
+     * left is released here and can never be resumed. */
+    while (st->reqs != NULL) {
+        request *r = st->reqs;
+        kl__park_set_cancel(r->park, NULL, NULL);
+        req_free(r, 1);
+    }
+    st->closing = 1;
+    curl_multi_cleanup(st->multi); /* closes cached connections */
+    st->multi = NULL;
+    while (st->socks != NULL)
+        sock_close(st, st->socks);
+    uv_close((uv_handle_t *)&st->timer, timer_closed);
+    curl_global_cleanup();
+    return 0;
+}
+
+static http_state *get_state(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+    http_state **u = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (u != NULL && *u != NULL)
+        return *u;
+    u = lua_newuserdata(L, sizeof *u);
+    *u = NULL;
+    luaL_getmetatable(L, STATE_MT);
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+    kl_host *h = kl__host(L);
+    http_state *st = calloc(1, sizeof *st);
+    if (st == NULL) {
+        luaL_error(L, "kubelua.http: out of memory");
+        return NULL;
+    }
+    const char *err = NULL;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        err = "curl_global_init failed";
+    } else if ((st->multi = curl_multi_init()) == NULL) {
+        curl_global_cleanup();
+        err = "curl_multi_init failed";
+    }
+    if (err != NULL) {
+        free(st);
+        luaL_error(L, "kubelua.http: %s", err);
+        return NULL;
+    }
+    st->loop = h->loop;
+    st->L = h->L;
+    curl_multi_setopt(st->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(st->multi, CURLMOPT_SOCKETDATA, st);
+    curl_multi_setopt(st->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(st->multi, CURLMOPT_TIMERDATA, st);
+    uv_timer_init(st->loop, &st->timer);
+    st->timer.data = st;
+    uv_unref((uv_handle_t *)&st->timer);
+    st->open_handles = 1;
+    *u = st;
+    return st;
+}
+
+/* --------------------------------------------------------------- options */
+
+typedef struct {
+    const char *url, *method, *body, *ca_file, *cert_file, *key_file, *unix_socket, *proxy;
+    size_t body_len;
+    double timeout, connect_timeout, max_body, max_redirects; /* < 0: not given */
+    int truncate, follow, verify_tls, keepalive;
+    int headers; /* stack index of the header line array, 0 if none */
+    int nheaders;
+} req_opts;
+
+static void opt_get(lua_State *L, int t, const char *name)
+{
+    lua_pushstring(L, name);
+    lua_rawget(L, t);
+}
+
+static const char *opt_string(lua_State *L, int t, const char *name, size_t *len)
+{
+    const char *s = NULL;
+    opt_get(L, t, name);
+    if (lua_type(L, -1) == LUA_TSTRING)
+        s = lua_tolstring(L, -1, len); /* stays referenced by the table */
+    else if (!lua_isnil(L, -1))
+        luaL_error(L, "kubelua.http: option '%s' must be a string, got %s", name,
+                   luaL_typename(L, -1));
+    lua_pop(L, 1);
+    return s;
+}
+
+static double opt_number(lua_State *L, int t, const char *name)
+{
+    double v = -1;
+    opt_get(L, t, name);
+    if (lua_type(L, -1) == LUA_TNUMBER) {
+        v = lua_tonumber(L, -1);
+        if (!(v >= 0) || isinf(v))
+            luaL_error(L, "kubelua.http: option '%s' must be a non-negative number, got %f", name,
+                       v);
+    } else if (!lua_isnil(L, -1)) {
+        luaL_error(L, "kubelua.http: option '%s' must be a number, got %s", name,
+                   luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static int opt_bool(lua_State *L, int t, const char *name, int def)
+{
+    int v = def;
+    opt_get(L, t, name);
+    if (lua_type(L, -1) == LUA_TBOOLEAN)
+        v = lua_toboolean(L, -1);
+    else if (!lua_isnil(L, -1))
+        luaL_error(L, "kubelua.http: option '%s' must be a boolean, got %s", name,
+                   luaL_typename(L, -1));
+    lua_pop(L, 1);
+    return v;
+}
+
+static int has_ctl(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+            return 1;
+    return 0;
+}
+
+/* Read and check everything before parking: only this may throw. */
+static void read_opts(lua_State *L, int t, req_opts *o)
+{
+    size_t n;
+    memset(o, 0, sizeof *o);
+    o->url = opt_string(L, t, "url", &n);
+    if (o->url == NULL)
+        luaL_error(L, "kubelua.http: option 'url' is required (a string)");
+    if (has_ctl(o->url, n))
+        luaL_error(L, "kubelua.http: option 'url' contains a control character");
+    o->method = opt_string(L, t, "method", &n);
+    if (o->method == NULL)
+        o->method = "GET";
+    static const char tchar[] = "!#$%&'*+-.^_`|~";
+    if (o->method[0] == '\0')
+        luaL_error(L, "kubelua.http: option 'method' is empty");
+    for (const char *c = o->method; *c; c++)
+        if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+              strchr(tchar, *c) != NULL))
+            luaL_error(L, "kubelua.http: option 'method' is not an HTTP method token");
+    o->body = opt_string(L, t, "body", &o->body_len);
+    o->ca_file = opt_string(L, t, "ca_file", NULL);
+    o->cert_file = opt_string(L, t, "cert_file", NULL);
+    o->key_file = opt_string(L, t, "key_file", NULL);
+    o->unix_socket = opt_string(L, t, "unix_socket", NULL);
+    o->proxy = opt_string(L, t, "proxy", NULL);
+    o->timeout = opt_number(L, t, "timeout");
+    o->connect_timeout = opt_number(L, t, "connect_timeout");
+    o->max_body = opt_number(L, t, "max_body");
+    o->max_redirects = opt_number(L, t, "max_redirects");
+    o->truncate = opt_bool(L, t, "truncate", 0);
+    o->follow = opt_bool(L, t, "follow_redirects", 0);
+    o->verify_tls = opt_bool(L, t, "verify_tls", 1);
+    o->keepalive = opt_bool(L, t, "keepalive", 1);
+    opt_get(L, t, "headers");
+    if (lua_istable(L, -1)) {
+        o->headers = lua_gettop(L); /* left on the stack for setup() */
+        o->nheaders = (int)lua_objlen(L, -1);
+        for (int i = 1; i <= o->nheaders; i++) {
+            lua_rawgeti(L, o->headers, i);
+            size_t len;
+            const char *line = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (line == NULL || has_ctl(line, len))
+                luaL_error(L,
+                           "kubelua.http: option 'headers': entry %d must be a \"Name: value\" "
+                           "line without CR/LF",
+                           i);
+            lua_pop(L, 1);
+        }
+    } else if (!lua_isnil(L, -1)) {
+        luaL_error(L, "kubelua.http: option 'headers' must be an array of lines, got %s",
+                   luaL_typename(L, -1));
+    } else {
+        lua_pop(L, 1);
+    }
+}
+
+static long to_ms(double secs)
+{
+    double ms = ceil(secs * 1000.0);
+    return ms > (double)(LONG_MAX / 2) ? LONG_MAX / 2 : (long)ms;
+}
+
+#define SET(opt, val)                                                                              \
+    do {                                                                                           \
+        if ((rc = curl_easy_setopt(e, opt, val)) != CURLE_OK)                                      \
+            return rc;                                                                             \
+    } while (0)
+
+/* Configure the easy handle; uses no Lua call that can throw. */
+static CURLcode setup(lua_State *L, request *r, const req_opts *o)
+{
+    CURL *e = r->easy;
+    CURLcode rc;
+    SET(CURLOPT_URL, o->url);
+    SET(CURLOPT_PRIVATE, (void *)r);
+    SET(CURLOPT_ERRORBUFFER, r->errbuf);
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_PROXY, o->proxy ? o->proxy : ""); /* never from the environment */
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, (void *)r);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, (void *)r);
+    if (strcmp(o->method, "HEAD") == 0) {
+        SET(CURLOPT_NOBODY, 1L);
+    } else if (strcmp(o->method, "GET") == 0 && o->body == NULL) {
+        SET(CURLOPT_HTTPGET, 1L);
+    } else {
+        if (o->body != NULL || strcmp(o->method, "POST") == 0) {
+            SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(o->body ? o->body_len : 0));
+            SET(CURLOPT_COPYPOSTFIELDS, o->body ? o->body : "");
+        }
+        if (strcmp(o->method, "POST") != 0)
+            SET(CURLOPT_CUSTOMREQUEST, o->method);
+    }
+    if (o->timeout >= 0)
+        SET(CURLOPT_TIMEOUT_MS, to_ms(o->timeout));
+    if (o->connect_timeout >= 0)
+        SET(CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->connect_timeout));
+    if (o->follow) {
+        SET(CURLOPT_FOLLOWLOCATION, 1L);
+        if (o->max_redirects >= 0)
+            SET(CURLOPT_MAXREDIRS, (long)o->max_redirects);
+    }
+    SET(CURLOPT_SSL_VERIFYPEER, o->verify_tls ? 1L : 0L);
+    SET(CURLOPT_SSL_VERIFYHOST, o->verify_tls ? 2L : 0L);
+    if (o->ca_file != NULL)
+        SET(CURLOPT_CAINFO, o->ca_file);
+    if (o->cert_file != NULL)
+        SET(CURLOPT_SSLCERT, o->cert_file);
+    if (o->key_file != NULL)
+        SET(CURLOPT_SSLKEY, o->key_file);
+    if (o->unix_socket != NULL)
+        SET(CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
+    if (!o->keepalive)
+        SET(CURLOPT_FORBID_REUSE, 1L);
+    for (int i = 1; i <= o->nheaders; i++) {
+        lua_rawgeti(L, o->headers, i);
+        struct curl_slist *l = curl_slist_append(r->headers, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        if (l == NULL)
+            return CURLE_OUT_OF_MEMORY;
+        r->headers = l;
+    }
+    if (r->headers != NULL)
+        SET(CURLOPT_HTTPHEADER, r->headers);
+    return CURLE_OK;
+}
+
+#undef SET
+
+/* Deliver a failure found before the transfer started: through the loop,
+ * like every other result (the task is parked already). */
+static int fail_parked(lua_State *L, kl_park *p, request *r, const char *code, const char *msg)
+{
+    kl__park_set_cancel(p, NULL, NULL);
+    kl__park_resume(p,
+                    kl__push_error(L, code, "%s: %s", r && r->label ? r->label : "request", msg));
+    if (r != NULL)
+        req_free(r, 0);
+    return kl__park_yield(L, p);
+}
+
+/* request(opts) -> resp | nil, "CODE: METHOD url: message", "CODE" (parks) */
+static int l_request(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    req_opts o;
+    read_opts(L, 1, &o);
+    http_state *st = get_state(L);
+    kl_park *p = kl__park_new(L); /* throws outside a task; nothing allocated yet */
+
+    request *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return fail_parked(L, p, NULL, "ERROR", "out of memory");
+    r->st = st;
+    r->park = p;
+    r->co = L;
+    r->max_body = o.max_body >= 0 && o.max_body < (double)SIZE_MAX ? (size_t)o.max_body : SIZE_MAX;
+    r->truncate = o.truncate;
+    r->label = make_label(o.method, o.url);
+    r->easy = curl_easy_init();
+    if (r->label == NULL || r->easy == NULL)
+        return fail_parked(L, p, r, "ERROR", "out of memory");
+    CURLcode rc = setup(L, r, &o);
+    if (rc != CURLE_OK)
+        return fail_parked(L, p, r, code_name(rc), curl_easy_strerror(rc));
+    CURLMcode mc = curl_multi_add_handle(st->multi, r->easy);
+    if (mc != CURLM_OK)
+        return fail_parked(L, p, r, "ERROR", curl_multi_strerror(mc));
+    r->next = st->reqs;
+    if (st->reqs != NULL)
+        st->reqs->prev = r;
+    st->reqs = r;
+    if (st->running++ == 0)
+        set_refs(st, 1);
+    /* curl_multi_add_handle only armed the timer: the transfer starts, and
+     * ends, in loop callbacks. */
+    kl__park_set_cancel(p, req_cancel, r);
+    return kl__park_yield(L, p);
+}
+
+/* code_name(curlcode) -> the short name a CURLcode maps to */
+static int l_code_name(lua_State *L)
+{
+    lua_pushstring(L, code_name((CURLcode)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+/* version() -> libcurl's version string */
+static int l_version(lua_State *L)
+{
+    lua_pushstring(L, curl_version());
+    return 1;
+}
+
+int luaopen_kubelua_http_core(lua_State *L)
+{
+    luaL_newmetatable(L, STATE_MT);
+    lua_pushcfunction(L, state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {
+        {"request", l_request}, {"code_name", l_code_name}, {"version", l_version}, {0, 0}};
+    luaL_newlib(L, fns);
+    return 1;
+}
