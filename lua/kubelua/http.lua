@@ -84,8 +84,10 @@ local OPTIONS = {
 
 local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
 
+-- Errors are raised without position here and re-raised by request/get at
+-- the caller's line.
 local function bad(name, msg)
-  error("kubelua.http: option '" .. name .. "' " .. msg, 4)
+  error("kubelua.http: option '" .. name .. "' " .. msg, 0)
 end
 
 local function no_ctl(name, s)
@@ -137,25 +139,25 @@ end
 -- Check `opts` and build the table kubelua.http.core takes.
 local function prepare(opts)
   if type(opts) ~= "table" then
-    error("kubelua.http: request expects a table of options, got " .. type(opts), 3)
+    error("kubelua.http: request expects a table of options, got " .. type(opts), 0)
   end
   local o = {}
   for k, v in pairs(opts) do
     local want = OPTIONS[k]
     if want == nil then
-      error("kubelua.http: unknown option '" .. tostring(k) .. "'", 3)
+      error("kubelua.http: unknown option '" .. tostring(k) .. "'", 0)
     end
     if type(v) ~= want then
-      error(string.format("kubelua.http: option '%s' must be a %s, got %s", k, want, type(v)), 3)
+      error(string.format("kubelua.http: option '%s' must be a %s, got %s", k, want, type(v)), 0)
     end
     if want == "number" and (v < 0 or v ~= v or v == math.huge) then
       error(string.format("kubelua.http: option '%s' must be a non-negative number, got %s", k,
-        tostring(v)), 3)
+        tostring(v)), 0)
     end
     o[k] = v
   end
   if o.url == nil then
-    error("kubelua.http: option 'url' is required", 3)
+    error("kubelua.http: option 'url' is required", 0)
   end
   for k, v in pairs(M.defaults) do
     if o[k] == nil and OPTIONS[k] then
@@ -163,13 +165,13 @@ local function prepare(opts)
     end
   end
   if not o.method:find(TOKEN) then
-    error(string.format("kubelua.http: option 'method' %q is not an HTTP method", o.method), 3)
+    error(string.format("kubelua.http: option 'method' %q is not an HTTP method", o.method), 0)
   end
   if o.method == "HEAD" and o.body ~= nil then
-    error("kubelua.http: option 'body' is not allowed with method HEAD", 3)
+    error("kubelua.http: option 'body' is not allowed with method HEAD", 0)
   end
   if o.max_redirects ~= math.floor(o.max_redirects) then
-    error("kubelua.http: option 'max_redirects' must be an integer", 3)
+    error("kubelua.http: option 'max_redirects' must be an integer", 0)
   end
   local given = {}
   local lines = o.headers and header_lines(o.headers, given) or {}
@@ -192,7 +194,11 @@ end
 
 -- request(opts) -> resp | nil, err, code   (parks the task)
 function M.request(opts)
-  return core.request(prepare(opts))
+  local ok, o = pcall(prepare, opts)
+  if not ok then
+    error(o, 2)
+  end
+  return core.request(o)
 end
 
 -- get(url, opts) -> resp | nil, err, code
@@ -208,7 +214,11 @@ function M.get(url, opts)
     o[k] = v
   end
   o.url = url
-  return core.request(prepare(o))
+  local ok, p = pcall(prepare, o)
+  if not ok then
+    error(p, 2)
+  end
+  return core.request(p)
 end
 
 -- code_name(curlcode) -> the CODE a libcurl CURLcode number maps to

@@ -344,6 +344,41 @@ static int decode_map_entry(dec *D, const ProtobufCMessageDescriptor *d,
     return 0;
 }
 
+/* Count how often each repeated field occurs, so its table is allocated at
+ * its final size instead of growing (and rehashing) entry by entry. */
+static void prescan(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end,
+                    int *expect)
+{
+    for (unsigned i = 0; i < d->n_fields; i++)
+        expect[i] = 0;
+    while (p != NULL && p < end) {
+        uint64_t tag, v;
+        if ((p = read_varint(p, end, &tag)) == NULL)
+            return;
+        switch (tag & 7) {
+        case WT_VARINT:
+            p = read_varint(p, end, &v);
+            break;
+        case WT_I64:
+            p = end - p >= 8 ? p + 8 : NULL;
+            break;
+        case WT_I32:
+            p = end - p >= 4 ? p + 4 : NULL;
+            break;
+        case WT_LEN:
+            p = read_varint(p, end, &v);
+            p = (p != NULL && v <= (uint64_t)(end - p)) ? p + v : NULL;
+            break;
+        default:
+            return;
+        }
+        const ProtobufCFieldDescriptor *fd =
+            tag >> 3 ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3)) : NULL;
+        if (fd != NULL && fd->label == PROTOBUF_C_LABEL_REPEATED)
+            expect[fd - d->fields]++;
+    }
+}
+
 static int decode_message(dec *D, const ProtobufCMessageDescriptor *d, const uint8_t *p,
                           const uint8_t *end, int depth)
 {
@@ -360,7 +395,9 @@ static int decode_message(dec *D, const ProtobufCMessageDescriptor *d, const uin
     /* Repeated fields: their array table sits on the stack at slot[i]. */
     int slot[KL_PB_MAX_FIELDS];
     int count[KL_PB_MAX_FIELDS];
+    int expect[KL_PB_MAX_FIELDS]; /* occurrences, to size tables once */
     uint64_t seen = 0;
+    prescan(d, p, end, expect);
 
     while (p < end) {
         uint64_t tag;
@@ -397,7 +434,10 @@ static int decode_message(dec *D, const ProtobufCMessageDescriptor *d, const uin
         if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
             if (!(seen & (1ULL << i))) {
                 seen |= 1ULL << i;
-                lua_newtable(L);
+                if (is_map_entry(fd))
+                    lua_createtable(L, 0, expect[i]);
+                else
+                    lua_createtable(L, expect[i], 0);
                 lua_pushvalue(L, -1);
                 lua_setfield(L, t, fd->name);
                 slot[i] = lua_gettop(L);
