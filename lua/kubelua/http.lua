@@ -28,18 +28,21 @@
 --   ca_file, cert_file, key_file   PEM files: CA bundle, client certificate/key
 --   unix_socket       connect to this unix socket path instead (the URL's
 --                     host is only the Host header)
---   keepalive         true (default): reuse connections between requests
+--   keepalive         true (default): reuse connections between requests;
+--                     false: a new connection, closed afterwards
 --   proxy             proxy URL; by default none (the environment's
 --                     http_proxy & co. are never used)
 --
 -- The response: { status = 200, headers = { ["content-type"] = "...", ... },
 --   body = "...", url = "effective URL", truncated = false, redirects = 0,
---   timings = { dns =, connect =, tls =, first_byte =, total = } }
+--   reused = false, timings = { dns =, connect =, tls =, first_byte =, total = } }
 -- Header names are lowercased; a repeated header's values are joined with
--- ", ". Timings are seconds from the start of the request to the end of each
--- phase, as curl reports them (tls is 0 without TLS), so
--- dns <= connect <= first_byte <= total.
---
+-- ", ". `reused` is true when no new connection was made (keep-alive).
+-- Timings come from curl's *_TIME_T figures: seconds from the start of the
+-- request to the end of each phase. A phase that did not happen (tls on
+-- http://, dns and connect on a reused connection) ends with the phase
+-- before it, so always dns <= connect <= tls <= first_byte <= total, and
+-- tls - connect is the handshake time, first_byte - tls the server's.
 -- An HTTP status, 404 or 500 included, is a response, never an error. A failure
 -- returns nil, "CODE: METHOD url: message", "CODE" with CODE one of:
 --   TIMEOUT    timeout or connect_timeout expired

@@ -121,6 +121,11 @@ local function compile(src, env)
       return nil, err
     end
   end
+  -- Compiled traces never see the interrupt hook: run typed code
+  -- interpreted (functions it defines too), so Ctrl-C can always stop it.
+  if jit then
+    jit.off(f, true)
+  end
   return setfenv(f, env)
 end
 
@@ -162,6 +167,9 @@ function M.run(opts)
       if f then
         term.interruptible(true)
         local res = { xpcall(f, function(e)
+          if tostring(e):match("interrupted$") then
+            return "interrupted"
+          end
           return debug.traceback(tostring(e), 2)
         end) }
         term.interruptible(false)

@@ -57,9 +57,11 @@ static void on_sigint(int sig)
         raise(SIGINT);
         return;
     }
-    if (t->h->interruptible)
+    if (t->h->interruptible) { /* an evaluation is running: stop it */
         lua_sethook(t->h->L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-    int saved = errno;
+        return;
+    }
+    int saved = errno; /* at the prompt: the loop drops the line */
     ssize_t n = write(t->sigpipe[1], "i", 1);
     (void)n;
     errno = saved;

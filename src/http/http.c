@@ -440,7 +440,7 @@ static int push_results(lua_State *L)
         curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_getinfo(e, CURLINFO_REDIRECT_COUNT, &redirects);
         curl_easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &url);
-        lua_createtable(L, 0, 7);
+        lua_createtable(L, 0, 8);
         lua_pushinteger(L, (lua_Integer)status);
         lua_setfield(L, -2, "status");
         push_headers(L, r->head.data, r->head.len);
@@ -453,12 +453,30 @@ static int push_results(lua_State *L)
         lua_setfield(L, -2, "truncated");
         lua_pushinteger(L, (lua_Integer)redirects);
         lua_setfield(L, -2, "redirects");
+        long connects = 0;
+        curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
+        lua_pushboolean(L, connects == 0);
+        lua_setfield(L, -2, "reused");
+        /* Seconds from the start to the end of each phase; a phase that did
+         * not happen (no TLS, a reused connection) ends with the one before,
+         * so the figures never decrease. */
+        static const struct {
+            const char *name;
+            CURLINFO info;
+        } phases[] = {{"dns", CURLINFO_NAMELOOKUP_TIME_T},
+                      {"connect", CURLINFO_CONNECT_TIME_T},
+                      {"tls", CURLINFO_APPCONNECT_TIME_T},
+                      {"first_byte", CURLINFO_STARTTRANSFER_TIME_T},
+                      {"total", CURLINFO_TOTAL_TIME_T}};
+        double last = 0;
         lua_createtable(L, 0, 5);
-        set_num(L, "dns", secs_info(e, CURLINFO_NAMELOOKUP_TIME_T));
-        set_num(L, "connect", secs_info(e, CURLINFO_CONNECT_TIME_T));
-        set_num(L, "tls", secs_info(e, CURLINFO_APPCONNECT_TIME_T));
-        set_num(L, "first_byte", secs_info(e, CURLINFO_STARTTRANSFER_TIME_T));
-        set_num(L, "total", secs_info(e, CURLINFO_TOTAL_TIME_T));
+        for (size_t i = 0; i < sizeof phases / sizeof phases[0]; i++) {
+            double v = secs_info(e, phases[i].info);
+            if (v < last)
+                v = last;
+            set_num(L, phases[i].name, v);
+            last = v;
+        }
         lua_setfield(L, -2, "timings");
         c->nres = 1;
     }
@@ -859,8 +877,10 @@ static CURLcode setup(lua_State *L, request *r, const req_opts *o)
         SET(CURLOPT_SSLKEY, o->key_file);
     if (o->unix_socket != NULL)
         SET(CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
-    if (!o->keepalive)
+    if (!o->keepalive) {
+        SET(CURLOPT_FRESH_CONNECT, 1L);
         SET(CURLOPT_FORBID_REUSE, 1L);
+    }
     for (int i = 1; i <= o->nheaders; i++) {
         lua_rawgeti(L, o->headers, i);
         struct curl_slist *l = curl_slist_append(r->headers, lua_tostring(L, -1));

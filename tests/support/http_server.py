@@ -158,6 +158,12 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
 
+class TcpHandler(Handler):
+    # Headers and body go out in separate writes: without this, Nagle and the
+    # client's delayed ACK add 40 ms to many requests.
+    disable_nagle_algorithm = True
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
@@ -184,7 +190,7 @@ def main():
     unix_path = None
     if len(sys.argv) == 3 and sys.argv[1] == "--unix":
         unix_path = sys.argv[2]
-    srv = Server(("127.0.0.1", 0), Handler)
+    srv = Server(("127.0.0.1", 0), TcpHandler)
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     closed_port = s.getsockname()[1]
