@@ -629,6 +629,7 @@ static int state_gc(lua_State *L)
 {
     http_state **u = luaL_checkudata(L, 1, STATE_MT);
     http_state *st = *u;
+    fprintf(stderr, "DEBUG gc %p\n", (void *)st);
     if (st == NULL)
         return 0;
     *u = NULL;
