@@ -9,7 +9,7 @@ M.ROOT = (arg and arg[0] or "spec/runner.lua"):match("^(.*)/spec/[^/]*$") or "."
 -- Run a shell command; returns its stdout (trailing newline stripped) and
 -- whether it succeeded.
 function M.sh(cmd)
-  local f = assert(io.popen(cmd .. " 2>&1; echo \"::rc=$?\""))
+  local f = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"::rc=$?\""))
   local out = f:read("*a")
   f:close()
   local body, rc = out:match("^(.-)\n?::rc=(%d+)\n?$")

@@ -121,10 +121,9 @@ static int l_unary(lua_State *L)
     kl_grpc_channel *ch = check_channel(L, 1);
     method *m = check_method(L, 2);
     double timeout = luaL_optnumber(L, 4, 0);
-    if (lua_pushthread(L)) /* checked before the call starts: it must be able to park */
+    if (!kl__in_task(L)) /* checked before the call starts: it must be able to park */
         return luaL_error(L, "this call does I/O and must run in a task (kubelua.spawn, or a "
                              "script started by kubelua run)");
-    lua_pop(L, 1);
     kl_buf b = {0};
     encode_request(L, m, 3, &b);
     unary *u = calloc(1, sizeof *u);

@@ -17,6 +17,7 @@
 #endif
 
 static const char HOST_KEY[] = "kubelua.host";
+static const char TASKS_KEY[] = "kubelua.tasks"; /* weak set of the host's task threads */
 
 struct kl_park {
     kl_host *h;
@@ -197,6 +198,12 @@ kl_host *kl_host_new(const kl_host_options *opts)
     lua_setfield(h->L, LUA_REGISTRYINDEX, HOST_KEY);
     lua_newtable(h->L);
     lua_setfield(h->L, LUA_REGISTRYINDEX, "kubelua.ext");
+    lua_newtable(h->L);
+    lua_createtable(h->L, 0, 1);
+    lua_pushliteral(h->L, "k");
+    lua_setfield(h->L, -2, "__mode");
+    lua_setmetatable(h->L, -2);
+    lua_setfield(h->L, LUA_REGISTRYINDEX, TASKS_KEY);
 
     uv_idle_init(h->loop, &h->idle);
     h->idle.data = h;
@@ -373,11 +380,11 @@ static void ready_push(kl_host *h, kl_park *p)
 kl_park *kl__park_new(lua_State *L)
 {
     kl_host *h = kl__host(L);
-    if (lua_pushthread(L)) {
-        lua_pop(L, 1);
+    if (!kl__in_task(L))
         luaL_error(L, "this call does I/O and must run in a task (kubelua.spawn, or a script "
-                      "started by kubelua run)");
-    }
+                      "started by kubelua run), not in the main thread or a coroutine of "
+                      "your own");
+    lua_pushthread(L);
     kl_park *p = park_alloc(h, L);
     p->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the thread pushed above */
     p->next = h->parked;
@@ -418,9 +425,24 @@ void kl__park_resume(kl_park *p, int nres)
     ready_push(h, p);
 }
 
+int kl__in_task(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, TASKS_KEY);
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    int yes = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    return yes;
+}
+
 void kl__spawn(kl_host *h, lua_State *L, int nargs)
 {
     lua_State *co = lua_newthread(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, TASKS_KEY);
+    lua_pushvalue(L, -2);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
     int ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_xmove(L, co, nargs + 1);
     kl_park *p = park_alloc(h, co);

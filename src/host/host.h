@@ -49,6 +49,9 @@ void kl__log(char level, const char *fmt, ...) __attribute__((format(printf, 2, 
  * The returned record keeps the coroutine alive until it is resumed. */
 kl_park *kl__park_new(lua_State *L);
 
+/* Whether L is a task the host started (and so may park). */
+int kl__in_task(lua_State *L);
+
 /* Install the cancel hook of an armed operation. */
 void kl__park_set_cancel(kl_park *p, kl_park_cancel_fn fn, void *ud);
 

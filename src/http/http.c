@@ -28,9 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define STATE_MT "kubelua.http.state"
-#define STATE_KEY "kubelua.http.state"
-#define MAX_HEADER_BYTES (1024 * 1024) /* all header lines of one response */
+#define STATE_MT "kubelua.http.state"     /* registry: its metatable */
+#define STATE_KEY "kubelua.http.instance" /* registry: the state userdata */
+#define MAX_HEADER_BYTES (1024 * 1024)    /* all header lines of one response */
 
 typedef struct http_state http_state;
 typedef struct request request;
@@ -627,9 +627,8 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp)
 
 static int state_gc(lua_State *L)
 {
-    http_state **u = luaL_checkudata(L, 1, STATE_MT);
+    http_state **u = lua_touserdata(L, 1); /* only ever set on our userdata */
     http_state *st = *u;
-    fprintf(stderr, "DEBUG gc %p\n", (void *)st);
     if (st == NULL)
         return 0;
     *u = NULL;

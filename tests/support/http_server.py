@@ -15,8 +15,9 @@ Endpoints:
   /loop              302 to /loop, forever
   /slow?secs=S       waits S seconds (default 5) before answering "slow done";
                      notices a client that goes away meanwhile (see /stats)
-  /stats             "active=A aborted=B started=C": /slow requests running, given
-                     up by their client, and started so far
+  /stats             "active=A aborted=B started=C open=P1,P2,...": /slow requests
+                     running, given up by their client, and started so far; the
+                     client ports of the TCP connections open now
   /big?size=N        N bytes (default 12 MiB) streamed with a Content-Length
   /echo              any method: the request body back, with X-Method: METHOD
                      and X-Req-<Name>: value for every request header
@@ -38,6 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 
 LOCK = threading.Lock()
 STATS = {"active": 0, "aborted": 0, "started": 0}
+OPEN = set()  # client ports of open TCP connections
 
 
 def client_gone(sock):
@@ -91,6 +93,7 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/stats":
             with LOCK:
                 s = "active=%(active)d aborted=%(aborted)d started=%(started)d" % STATS
+                s += " open=" + ",".join(str(p) for p in sorted(OPEN) if p)
             self.reply(200, s.encode())
         elif path == "/big":
             self.big(int(q.get("size", [str(12 * 1024 * 1024)])[0]))
@@ -152,10 +155,16 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any
 
     def handle(self):
+        port = self.client_address[1] if isinstance(self.client_address, tuple) else 0
+        with LOCK:
+            OPEN.add(port)
         try:
             super().handle()
         except (BrokenPipeError, ConnectionResetError):
             pass
+        finally:
+            with LOCK:
+                OPEN.discard(port)
 
 
 class TcpHandler(Handler):

@@ -1,0 +1,97 @@
+-- The host and its scheduler: tasks, parking, wakers, errors that do not
+-- stop the host, misuse that is reported clearly.
+local t = require "spec.t"
+local S = require "spec.support"
+local task = require "kubelua.task"
+local core = require "kubelua.core"
+
+local KUBELUA = S.sh("readlink -f /proc/" .. S.sh("echo $PPID") .. "/exe")
+
+local function run(code)
+  local path = S.sh("mktemp /tmp/kubelua-host.XXXXXX")
+  local f = assert(io.open(path, "w"))
+  f:write(code)
+  f:close()
+  local out, ok = S.sh(KUBELUA .. " run " .. path)
+  os.remove(path)
+  return out, ok
+end
+
+t.describe("tasks", function()
+  t.it("run concurrently and in spawn order; sleep parks only its task", function()
+    local order = {}
+    local res = task.gather({
+      function() task.sleep(0.05) order[#order + 1] = "slow" end,
+      function() order[#order + 1] = "fast" end,
+    })
+    t.eq(order, { "fast", "slow" })
+    t.eq(res, { { true }, { true } })
+  end)
+  t.it("gather returns each function's results and errors", function()
+    local res = task.gather({
+      function() return 1, 2 end,
+      function() error("nope", 0) end,
+    })
+    t.eq(res[1], { true, 1, 2 })
+    t.eq(res[2], { false, "nope" })
+  end)
+  t.it("a waker woken before wait() does not park", function()
+    local w = core.waker()
+    w:wake()
+    w:wait()
+    t.eq(core.parked_count(), 0)
+  end)
+  t.it("a waker resumes exactly the waiting task", function()
+    local w, got = core.waker(), nil
+    task.spawn(function() task.sleep(0.01) got = "woken" w:wake() end)
+    w:wait()
+    t.eq(got, "woken")
+  end)
+  t.it("two waiters on one waker is a clear error", function()
+    local w = core.waker()
+    task.spawn(function() w:wait() end)
+    task.sleep(0.01)
+    t.fails(function() w:wait() end, "another task is already waiting")
+    w:wake()
+    task.sleep(0.01)
+  end)
+end)
+
+t.describe("errors", function()
+  t.it("a failing task is reported with its traceback; the host keeps running", function()
+    local out, ok = run([[
+      local task = require "kubelua.task"
+      local function inner() error("policy exploded") end
+      task.spawn(function() inner() end)
+      task.sleep(0.05)
+      print("still alive")
+    ]])
+    t.ok(not ok, "exit status says a task failed")
+    t.match(out, "task failed: .*policy exploded")
+    t.match(out, "in function 'inner'")
+    t.match(out, "still alive")
+  end)
+  t.it("I/O outside a task is a clear error", function()
+    local out = S.sh(KUBELUA .. [[ -e 'local co = coroutine.create(function() require("kubelua.task").sleep(0) end); return coroutine.resume(co)']])
+    t.match(out, "must run in a task")
+  end)
+  t.it("a bare coroutine.yield() in a task is reported, not silently lost", function()
+    local out, ok = run([[coroutine.yield()]])
+    t.ok(not ok)
+    t.match(out, "coroutine%.yield%(%) outside a kubelua binding")
+  end)
+  t.it("a syntax error names the file and line", function()
+    local out, ok = run("local x = = 1\n")
+    t.ok(not ok)
+    t.match(out, "kubelua%-host%.%w+:1: unexpected symbol")
+  end)
+  t.it("unknown commands and missing arguments exit with status 2 and usage", function()
+    local out, ok = S.sh(KUBELUA .. " frobnicate; echo status=$?")
+    t.match(out, 'unknown command "frobnicate"')
+    t.match(out, "status=2")
+    out = S.sh(KUBELUA .. " run; echo status=$?")
+    t.match(out, "missing SCRIPT")
+    t.match(out, "status=2")
+    t.ok(ok)
+  end)
+end)
