@@ -23,3 +23,11 @@ foreach(s ${KL_SPECS})
       ENVIRONMENT "KUBELUA_TEST_CTD_DIR=${KL_CTD_DIR};KUBELUA_LUA_PATH=${CMAKE_SOURCE_DIR}/lua")
   endif()
 endforeach()
+
+# The embedding API, from C.
+add_executable(embed_test ${CMAKE_SOURCE_DIR}/spec/c/embed_test.c)
+target_compile_options(embed_test PRIVATE ${KL_WARN})
+target_compile_definitions(embed_test PRIVATE KL_TEST_LUA_DIR="${CMAKE_SOURCE_DIR}/lua")
+target_link_libraries(embed_test PRIVATE kubelua_static)
+add_test(NAME c.embed COMMAND embed_test)
+set_tests_properties(c.embed PROPERTIES TIMEOUT 60)
