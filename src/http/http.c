@@ -549,6 +549,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
     int running;
     curl_multi_socket_action(st->multi, s->fd, flags, &running);
     check_done(st);
+    sweep_failed(st);
 }
 
 static void on_timeout(uv_timer_t *t)
@@ -616,6 +617,8 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp)
     http_state *st = userp;
     if (st->closing)
         return 0;
+    if (st->failed)
+        timeout_ms = 0; /* sweep_failed has work to do */
     if (timeout_ms < 0)
         uv_timer_stop(&st->timer);
     else
