@@ -14,11 +14,10 @@
 #define MAX_REFUSED_RETRIES 3
 
 static const char *const code_names[] = {
-    "OK",        "CANCELLED",         "UNKNOWN",           "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL",      "UNAVAILABLE",       "DATA_LOSS",
-    "UNAUTHENTICATED"};
+    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
 
 const char *kl_grpc_code_name(int code)
 {
@@ -37,8 +36,8 @@ struct kl_grpc_channel {
     struct sockaddr_storage addr;
     char target[256];
     enum chan_state state;
-    conn *current; /* where new calls go */
-    conn *conns;   /* every open connection, draining ones too */
+    conn *current;                       /* where new calls go */
+    conn *conns;                         /* every open connection, draining ones too */
     kl_grpc_call *pending, *pending_end; /* waiting for `current` to connect */
     uv_timer_t backoff;
     uint64_t backoff_ms;
@@ -264,8 +263,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
     return 0;
 }
 
-static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id,
-                         const uint8_t *data, size_t len, void *user)
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                         size_t len, void *user)
 {
     (void)flags;
     (void)user;
@@ -400,7 +399,7 @@ static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error
             code = KL_GRPC_UNAVAILABLE;
             snprintf(m, sizeof m, "%s", c->error);
         } else {
-            code = error_code == NGHTTP2_CANCEL ? KL_GRPC_CANCELLED
+            code = error_code == NGHTTP2_CANCEL           ? KL_GRPC_CANCELLED
                    : error_code == NGHTTP2_REFUSED_STREAM ? KL_GRPC_UNAVAILABLE
                                                           : KL_GRPC_INTERNAL;
             snprintf(m, sizeof m, "stream reset by the server: %s",
@@ -452,15 +451,14 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
     return 0;
 }
 
-static int on_error(nghttp2_session *s, int lib_error_code, const char *msg, size_t len,
-                    void *user)
+static int on_error(nghttp2_session *s, int lib_error_code, const char *msg, size_t len, void *user)
 {
     (void)s;
     (void)lib_error_code;
     conn *c = user;
     if (!c->error[0])
-        snprintf(c->error, sizeof c->error, "HTTP/2 protocol error from the server: %.*s",
-                 (int)len, msg);
+        snprintf(c->error, sizeof c->error, "HTTP/2 protocol error from the server: %.*s", (int)len,
+                 msg);
     return 0;
 }
 
@@ -651,8 +649,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->closing)
         return;
     if (nread < 0) {
-        conn_fail(c, nread == UV_EOF ? "connection closed by the server"
-                                     : "read from the server failed: %s",
+        conn_fail(c,
+                  nread == UV_EOF ? "connection closed by the server"
+                                  : "read from the server failed: %s",
                   uv_strerror((int)nread));
         return;
     }
@@ -689,8 +688,7 @@ static int setup_session(conn *c)
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 64u << 10},
     };
-    if (nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) !=
-        0)
+    if (nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) != 0)
         return -1;
     /* Open the connection window (WINDOW_UPDATE on stream 0). */
     return nghttp2_session_set_local_window_size(c->session, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
@@ -774,7 +772,7 @@ static void call_attach(conn *c, kl_grpc_call *call)
     char ctype[] = "application/grpc";
     nghttp2_nv nva[] = {
 #define NV(n, v, vl)                                                                               \
-    {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl),                                           \
+    {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl),                                          \
      NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE}
         NV(":method", "POST", 4),
         NV(":scheme", "http", 4),
@@ -782,7 +780,10 @@ static void call_attach(conn *c, kl_grpc_call *call)
         NV(":authority", "localhost", 9),
         NV("content-type", ctype, sizeof ctype - 1),
         NV("te", "trailers", 8),
-        NV("user-agent", "kubelua/" "0.1.0", 13),
+        NV("user-agent",
+           "kubelua/"
+           "0.1.0",
+           13),
         NV("grpc-timeout", call->timeout_hdr, strlen(call->timeout_hdr)),
 #undef NV
     };
@@ -986,8 +987,7 @@ static int parse_target(kl_grpc_channel *ch, const char *target, char *err, size
 }
 
 kl_grpc_channel *kl_grpc_channel_new(uv_loop_t *loop, const char *target,
-                                     const kl_grpc_channel_options *opts, char *err,
-                                     size_t errlen)
+                                     const kl_grpc_channel_options *opts, char *err, size_t errlen)
 {
     kl_grpc_channel *ch = calloc(1, sizeof *ch);
     if (ch == NULL) {

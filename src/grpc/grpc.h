@@ -50,10 +50,10 @@ typedef struct kl_grpc_channel kl_grpc_channel;
 typedef struct kl_grpc_call kl_grpc_call;
 
 typedef struct kl_grpc_channel_options {
-    size_t max_message;        /* 0: KL_GRPC_MAX_MESSAGE */
-    uint32_t max_stream_id;    /* 0: 2^31-1; a new connection is opened past it */
-    uint64_t backoff_base_ms;  /* 0: 100 */
-    uint64_t backoff_max_ms;   /* 0: 3000 */
+    size_t max_message;       /* 0: KL_GRPC_MAX_MESSAGE */
+    uint32_t max_stream_id;   /* 0: 2^31-1; a new connection is opened past it */
+    uint64_t backoff_base_ms; /* 0: 100 */
+    uint64_t backoff_max_ms;  /* 0: 3000 */
 } kl_grpc_channel_options;
 
 typedef struct kl_grpc_call_ops {
@@ -66,8 +66,7 @@ typedef struct kl_grpc_call_ops {
 /* target: "unix:///path", "unix:/path", "unix:path", "tcp://host:port" or
  * "host:port" (host numeric or "localhost"). NULL + err when malformed. */
 kl_grpc_channel *kl_grpc_channel_new(uv_loop_t *loop, const char *target,
-                                     const kl_grpc_channel_options *opts, char *err,
-                                     size_t errlen);
+                                     const kl_grpc_channel_options *opts, char *err, size_t errlen);
 
 /* Cancel every call silently and close; memory is released once the loop
  * has closed the handles. */
@@ -87,9 +86,9 @@ kl_grpc_call *kl_grpc_call_start(kl_grpc_channel *ch, const char *path, kl_buf *
 void kl_grpc_call_cancel(kl_grpc_call *c);
 
 typedef struct kl_grpc_stats {
-    uint64_t connects;      /* connections opened */
-    uint64_t writes;        /* socket writes (coalesced frames) */
-    uint64_t calls;         /* calls started */
+    uint64_t connects; /* connections opened */
+    uint64_t writes;   /* socket writes (coalesced frames) */
+    uint64_t calls;    /* calls started */
 } kl_grpc_stats;
 
 void kl_grpc_channel_stats(kl_grpc_channel *ch, kl_grpc_stats *out);

@@ -55,8 +55,8 @@ static void encode_request(lua_State *L, const method *m, int idx, kl_buf *b)
     if (kl_buf_reserve(b, 5) != 0)
         luaL_error(L, "out of memory");
     b->len = 5;
-    if (!lua_isnoneornil(L, idx) && kl_pb_encode(L, kl_pb_context(L), idx, m->in, b, err,
-                                                  sizeof err) != 0) {
+    if (!lua_isnoneornil(L, idx) &&
+        kl_pb_encode(L, kl_pb_context(L), idx, m->in, b, err, sizeof err) != 0) {
         kl_buf_free(b);
         luaL_error(L, "%s: %s", m->path, err);
     }
@@ -135,8 +135,8 @@ static int l_unary(lua_State *L)
     u->m = m;
     int code;
     char err[512];
-    u->call = kl_grpc_call_start(ch, m->path, &b, timeout, 0, &unary_ops, u, &code, err,
-                                 sizeof err);
+    u->call =
+        kl_grpc_call_start(ch, m->path, &b, timeout, 0, &unary_ops, u, &code, err, sizeof err);
     if (u->call == NULL) { /* failed at once: return directly, the task never parks */
         free(u);
         return kl__push_error(L, kl_grpc_code_name(code), "%s: %s", m->path, err);
@@ -242,8 +242,8 @@ static int l_stream(lua_State *L)
     luaL_setmetatable(L, STREAM_MT);
     int code;
     char err[512];
-    s->call = kl_grpc_call_start(ch, m->path, &b, timeout, 1, &stream_ops, s, &code, err,
-                                 sizeof err);
+    s->call =
+        kl_grpc_call_start(ch, m->path, &b, timeout, 1, &stream_ops, s, &code, err, sizeof err);
     if (s->call == NULL) {
         s->done = 1;
         return kl__push_error(L, kl_grpc_code_name(code), "%s: %s", m->path, err);

@@ -184,10 +184,16 @@ int luaopen_kubelua_core(lua_State *L)
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
 
-    static const luaL_Reg fns[] = {
-        {"spawn", l_spawn},     {"sleep", l_sleep}, {"now", l_now}, {"monotime", l_monotime},
-        {"cputime", l_cputime}, {"waker", l_waker}, {"log", l_log},
-        {"set_exit_code", l_set_exit_code}, {"parked_count", l_parked_count}, {0, 0}};
+    static const luaL_Reg fns[] = {{"spawn", l_spawn},
+                                   {"sleep", l_sleep},
+                                   {"now", l_now},
+                                   {"monotime", l_monotime},
+                                   {"cputime", l_cputime},
+                                   {"waker", l_waker},
+                                   {"log", l_log},
+                                   {"set_exit_code", l_set_exit_code},
+                                   {"parked_count", l_parked_count},
+                                   {0, 0}};
     luaL_newlib(L, fns);
     lua_pushstring(L, KUBELUA_VERSION);
     lua_setfield(L, -2, "version");

@@ -44,10 +44,10 @@ static int l_decode(lua_State *L)
 
 static const char *type_name(const ProtobufCFieldDescriptor *fd)
 {
-    static const char *const names[] = {"int32",  "sint32",   "sfixed32", "int64",  "sint64",
+    static const char *const names[] = {"int32",    "sint32", "sfixed32", "int64",  "sint64",
                                         "sfixed64", "uint32", "fixed32",  "uint64", "fixed64",
-                                        "float",  "double",   "bool",     "enum",   "string",
-                                        "bytes",  "message"};
+                                        "float",    "double", "bool",     "enum",   "string",
+                                        "bytes",    "message"};
     return (unsigned)fd->type < sizeof names / sizeof names[0] ? names[fd->type] : "?";
 }
 

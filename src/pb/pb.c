@@ -21,17 +21,18 @@ struct kl_pb_ctx {
 static const char CTX_KEY[] = "kubelua.pb.ctx";
 
 /* Lua side of 64-bit boxing: C writes into / reads from FFI scratch cells. */
-static const char BOX_CODE[] = "local ffi = require('ffi')\n"
-                               "local si, su = ffi.new('int64_t[1]'), ffi.new('uint64_t[1]')\n"
-                               "local i64, u64 = ffi.typeof('int64_t'), ffi.typeof('uint64_t')\n"
-                               "return si, su,\n"
-                               "  function() return si[0] end,\n"
-                               "  function() return su[0] end,\n"
-                               "  function(v)\n"
-                               "    if ffi.istype(i64, v) then si[0] = v return true end\n"
-                               "    if ffi.istype(u64, v) then su[0] = v ffi.copy(si, su, 8) return true end\n"
-                               "    return false\n"
-                               "  end\n";
+static const char BOX_CODE[] =
+    "local ffi = require('ffi')\n"
+    "local si, su = ffi.new('int64_t[1]'), ffi.new('uint64_t[1]')\n"
+    "local i64, u64 = ffi.typeof('int64_t'), ffi.typeof('uint64_t')\n"
+    "return si, su,\n"
+    "  function() return si[0] end,\n"
+    "  function() return su[0] end,\n"
+    "  function(v)\n"
+    "    if ffi.istype(i64, v) then si[0] = v return true end\n"
+    "    if ffi.istype(u64, v) then su[0] = v ffi.copy(si, su, 8) return true end\n"
+    "    return false\n"
+    "  end\n";
 
 /* ----------------------------------------------------------------- buffer */
 
@@ -166,8 +167,8 @@ typedef struct {
     size_t errlen;
 } dec;
 
-static int dec_fail(dec *D, const ProtobufCMessageDescriptor *d, const char *field,
-                    const char *fmt, ...)
+static int dec_fail(dec *D, const ProtobufCMessageDescriptor *d, const char *field, const char *fmt,
+                    ...)
 {
     char why[256];
     va_list ap;
@@ -317,8 +318,9 @@ static int decode_map_entry(dec *D, const ProtobufCMessageDescriptor *d,
         if ((p = read_varint(p, end, &tag)) == NULL)
             return lua_settop(L, top), dec_fail(D, d, fd->name, "truncated map entry");
         int num = (int)(tag >> 3), wt = (int)(tag & 7);
-        const ProtobufCFieldDescriptor *f = num == 1 ? &ed->fields[0] : num == 2 ? &ed->fields[1]
-                                                                                : NULL;
+        const ProtobufCFieldDescriptor *f = num == 1   ? &ed->fields[0]
+                                            : num == 2 ? &ed->fields[1]
+                                                       : NULL;
         if (f == NULL || wt != expected_wire_type(f->type))
             return lua_settop(L, top), dec_fail(D, d, fd->name, "bad map entry field %d", num);
         if (push_value(D, d, f, wt, &p, end, depth) != 0)
@@ -466,14 +468,14 @@ static int decode_message(dec *D, const ProtobufCMessageDescriptor *d, const uin
                     return lua_settop(L, top), -1;
                 lua_rawseti(L, slot[i], ++count[i]);
             } else {
-                return lua_settop(L, top), dec_fail(D, d, fd->name, "wire type %d, expected %d",
-                                                    wt, want);
+                return lua_settop(L, top),
+                       dec_fail(D, d, fd->name, "wire type %d, expected %d", wt, want);
             }
             continue;
         }
         if (wt != want)
-            return lua_settop(L, top), dec_fail(D, d, fd->name, "wire type %d, expected %d", wt,
-                                                want);
+            return lua_settop(L, top),
+                   dec_fail(D, d, fd->name, "wire type %d, expected %d", wt, want);
         if (fd->type == PROTOBUF_C_TYPE_MESSAGE && (seen & (1ULL << i))) {
             /* A repeated occurrence of a message field merges into it; rare
              * (never produced by real encoders), so decode it on its own and
