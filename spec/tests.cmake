@@ -1,7 +1,11 @@
 # Every spec file under spec/ runs as one ctest test through the real binary.
 # Specs named *_e2e_spec.lua talk to the private containerd that the
 # `containerd` fixture starts (and cleans up) for the run.
-set(KL_CTD_DIR ${CMAKE_BINARY_DIR}/ctd)
+# Kept short and outside the build tree: unix socket paths are limited to
+# 107 bytes, and the clone may live deep in the filesystem.
+string(MD5 KL_BUILD_HASH "${CMAKE_BINARY_DIR}")
+string(SUBSTRING "${KL_BUILD_HASH}" 0 10 KL_BUILD_HASH)
+set(KL_CTD_DIR /tmp/kubelua-ctd-${KL_BUILD_HASH})
 add_test(NAME containerd.start
   COMMAND bash ${CMAKE_SOURCE_DIR}/tests/support/containerd.sh start ${KL_CTD_DIR})
 set_tests_properties(containerd.start PROPERTIES FIXTURES_SETUP containerd TIMEOUT 120)
