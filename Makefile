@@ -22,7 +22,7 @@ build-asan: deps
 # Every test, under ctest: the normal build, then the ASan+UBSan build.
 test: build build-asan
 	cd $(BUILD) && ctest --output-on-failure
-	cd $(BUILD_ASAN) && ctest --output-on-failure
+	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_stack_use_after_return=1:detect_leaks=1:abort_on_error=1 ctest --output-on-failure
 
 test-fast: build
 	cd $(BUILD) && ctest --output-on-failure

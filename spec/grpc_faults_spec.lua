@@ -135,6 +135,26 @@ t.describe("faults", function()
   end)
 end)
 
+t.describe("connection rollover", function()
+  t.it("a new connection is opened before stream IDs run out; no call is lost", function()
+    -- Client streams are odd numbers: with a cap of 7, four calls fit a connection.
+    local c = assert(cri.connect("unix://" .. sock, { channel = { max_stream_id = 7 } }))
+    for i = 1, 10 do
+      t.eq(assert(c:version{}).runtime_name, "fake", "call " .. i)
+    end
+    local res = task.gather({
+      function() return c:version{} end, function() return c:version{} end,
+      function() return c:version{} end, function() return c:version{} end,
+      function() return c:version{} end, function() return c:version{} end,
+    })
+    for i = 1, 6 do
+      t.ok(res[i][2], tostring(res[i][3]))
+    end
+    t.ok(c:stats().connects >= 4, "connections: " .. c:stats().connects)
+    c:close()
+  end)
+end)
+
 t.describe("server streaming", function()
   t.it("an iterator yields each message, then ends cleanly", function()
     local events = assert(rt:get_container_events{})

@@ -769,7 +769,8 @@ static void chan_connect(kl_grpc_channel *ch)
 static void call_attach(conn *c, kl_grpc_call *call)
 {
     kl_grpc_channel *ch = c->ch;
-    char ctype[] = "application/grpc";
+    /* NO_COPY: every name and value must outlive the stream (serialized later). */
+    static const char ctype[] = "application/grpc";
     nghttp2_nv nva[] = {
 #define NV(n, v, vl)                                                                               \
     {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl),                                          \
