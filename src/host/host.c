@@ -210,10 +210,8 @@ kl_host *kl_host_new(const kl_host_options *opts)
 
     find_lua_dir(h, opts != NULL ? opts->lua_dir : NULL);
     set_package_path(h);
-    kl_host_preload(h, "kubelua.core", luaopen_kubelua_core);
-    kl_host_preload(h, "kubelua.pb", luaopen_kubelua_pb);
-    kl_host_preload(h, "kubelua.grpc", luaopen_kubelua_grpc);
-    kl_host_preload(h, "kubelua.http.core", luaopen_kubelua_http_core);
+    for (const kl__module *m = kl__modules; m->name != NULL; m++)
+        kl_host_preload(h, m->name, m->open);
     kl_host_preload(h, "kubelua.ext", ext_open);
     return h;
 }

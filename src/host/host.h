@@ -81,9 +81,13 @@ int kl__push_error(lua_State *L, const char *code, const char *fmt, ...)
 
 /* --- modules ------------------------------------------------------------ */
 
-int luaopen_kubelua_core(lua_State *L);
-int luaopen_kubelua_pb(lua_State *L);
-int luaopen_kubelua_grpc(lua_State *L);
-int luaopen_kubelua_http_core(lua_State *L);
+/* The built-in C modules, generated from every `luaopen_kubelua_*` defined
+ * in src/ (cmake/gen_modules.cmake): luaopen_kubelua_http_core is
+ * require("kubelua.http.core"). NULL-terminated. */
+typedef struct {
+    const char *name;
+    lua_CFunction open;
+} kl__module;
+extern const kl__module kl__modules[];
 
 #endif
