@@ -35,3 +35,8 @@ target_compile_definitions(embed_test PRIVATE KL_TEST_LUA_DIR="${CMAKE_SOURCE_DI
 target_link_libraries(embed_test PRIVATE kubelua_static)
 add_test(NAME c.embed COMMAND embed_test)
 set_tests_properties(c.embed PROPERTIES TIMEOUT 60)
+
+# The fake gRPC server is itself checked against a real gRPC client (grpcio).
+add_test(NAME support.fake_cri
+  COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/support/fake_cri_selfcheck.py)
+set_tests_properties(support.fake_cri PROPERTIES TIMEOUT 120)

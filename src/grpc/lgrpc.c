@@ -71,6 +71,7 @@ typedef struct {
     kl_grpc_call *call;
     int base;
     int decoded;
+    int raw; /* deliver the response bytes, undecoded */
     char decode_err[512];
 } unary;
 
@@ -80,6 +81,11 @@ static void unary_on_message(void *ud, const uint8_t *msg, size_t len)
     if (u->decoded || u->decode_err[0])
         return;
     u->base = lua_gettop(u->co);
+    if (u->raw) {
+        lua_pushlstring(u->co, (const char *)msg, len);
+        u->decoded = 1;
+        return;
+    }
     if (kl_pb_decode(u->co, kl_pb_context(u->co), u->m->out, msg, len, u->decode_err,
                      sizeof u->decode_err) == 0)
         u->decoded = 1;
@@ -115,8 +121,9 @@ static void unary_cancel(void *ud)
     free(u);
 }
 
-/* ch:unary(method, request, timeout_s) -> response | nil, err, code */
-static int l_unary(lua_State *L)
+/* ch:unary(method, request, timeout_s) -> response | nil, err, code
+ * ch:unary_raw(...) -> the response's bytes (decode later, or walk them in C) */
+static int unary_call(lua_State *L, int raw)
 {
     kl_grpc_channel *ch = check_channel(L, 1);
     method *m = check_method(L, 2);
@@ -133,6 +140,7 @@ static int l_unary(lua_State *L)
     }
     u->co = L;
     u->m = m;
+    u->raw = raw;
     int code;
     char err[512];
     u->call =
@@ -146,6 +154,16 @@ static int l_unary(lua_State *L)
     u->park = p;
     kl__park_set_cancel(p, unary_cancel, u);
     return kl__park_yield(L, p);
+}
+
+static int l_unary(lua_State *L)
+{
+    return unary_call(L, 0);
+}
+
+static int l_unary_raw(lua_State *L)
+{
+    return unary_call(L, 1);
 }
 
 /* --------------------------------------------------------- server streams */
@@ -430,6 +448,7 @@ static int l_code_name(lua_State *L)
 int luaopen_kubelua_grpc(lua_State *L)
 {
     static const luaL_Reg channel_methods[] = {{"unary", l_unary},
+                                               {"unary_raw", l_unary_raw},
                                                {"stream", l_stream},
                                                {"close", channel_close},
                                                {"stats", channel_stats},

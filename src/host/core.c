@@ -94,15 +94,61 @@ static int l_cputime(lua_State *L)
 
 #define WAKER_MT "kubelua.waker"
 
+typedef struct wait_rec wait_rec;
+
 typedef struct {
-    kl_park *waiting; /* the parked task, if any */
-    int pending;      /* wake() arrived before wait() */
+    wait_rec *waiting; /* the parked task, if any */
+    int pending;       /* wake() arrived before wait() */
 } waker;
+
+/* One parked wait; malloc'd because it may hold a timer handle. */
+struct wait_rec {
+    uv_timer_t timer;
+    int has_timer;
+    kl_park *park;
+    waker *w;
+};
+
+static void wait_rec_free(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void wait_rec_done(wait_rec *r)
+{
+    if (r->has_timer) {
+        uv_timer_stop(&r->timer);
+        uv_close((uv_handle_t *)&r->timer, wait_rec_free);
+    } else {
+        free(r);
+    }
+}
+
+/* Resume the waiter with `woken` (true: wake(), false: timeout). */
+static void wait_finish(lua_State *L, wait_rec *r, int woken)
+{
+    waker *w = r->w;
+    w->waiting = NULL;
+    lua_pushlightuserdata(L, w); /* drop the anchor that kept the waker alive */
+    lua_pushnil(L);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_State *co = kl__park_thread(r->park);
+    lua_pushboolean(co, woken);
+    kl__park_resume(r->park, 1);
+    wait_rec_done(r);
+}
+
+static void on_wait_timeout(uv_timer_t *t)
+{
+    wait_rec *r = t->data;
+    wait_finish(kl__park_thread(r->park), r, 0);
+}
 
 static void waker_cancel(void *ud)
 {
-    waker *w = ud;
-    w->waiting = NULL;
+    wait_rec *r = ud;
+    r->w->waiting = NULL;
+    wait_rec_done(r);
 }
 
 static int l_waker(lua_State *L)
@@ -114,19 +160,33 @@ static int l_waker(lua_State *L)
     return 1;
 }
 
-/* w:wait(): return at once if woken already, else park until w:wake(). */
+/* w:wait([timeout_s]) -> true when woken (at once if woken already),
+ * false when the timeout passed first. */
 static int waker_wait(lua_State *L)
 {
     waker *w = luaL_checkudata(L, 1, WAKER_MT);
+    double timeout = luaL_optnumber(L, 2, -1);
     if (w->waiting != NULL)
         return luaL_error(L, "waker: another task is already waiting");
     if (w->pending) {
         w->pending = 0;
-        return 0;
+        lua_pushboolean(L, 1);
+        return 1;
     }
     kl_park *p = kl__park_new(L);
-    w->waiting = p;
-    kl__park_set_cancel(p, waker_cancel, w);
+    wait_rec *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return luaL_error(L, "out of memory");
+    r->park = p;
+    r->w = w;
+    if (timeout >= 0) {
+        uv_timer_init(kl__host(L)->loop, &r->timer);
+        r->timer.data = r;
+        r->has_timer = 1;
+        uv_timer_start(&r->timer, on_wait_timeout, (uint64_t)(timeout * 1000.0 + 0.5), 0);
+    }
+    w->waiting = r;
+    kl__park_set_cancel(p, waker_cancel, r);
     /* Keep the waker alive while a task waits on it. */
     lua_pushlightuserdata(L, w);
     lua_pushvalue(L, 1);
@@ -134,20 +194,15 @@ static int waker_wait(lua_State *L)
     return kl__park_yield(L, p);
 }
 
-/* w:wake(): resume the waiting task on the next loop turn. */
+/* w:wake(): resume the waiting task on the next loop turn (or make the
+ * next wait() return at once). */
 static int waker_wake(lua_State *L)
 {
     waker *w = luaL_checkudata(L, 1, WAKER_MT);
-    if (w->waiting != NULL) {
-        kl_park *p = w->waiting;
-        w->waiting = NULL;
-        lua_pushlightuserdata(L, w);
-        lua_pushnil(L);
-        lua_rawset(L, LUA_REGISTRYINDEX);
-        kl__park_resume(p, 0);
-    } else {
+    if (w->waiting != NULL)
+        wait_finish(L, w->waiting, 1);
+    else
         w->pending = 1;
-    }
     return 0;
 }
 

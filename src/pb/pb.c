@@ -130,6 +130,36 @@ static const uint8_t *read_varint(const uint8_t *p, const uint8_t *end, uint64_t
     return NULL;
 }
 
+const uint8_t *kl_pb_read_varint(const uint8_t *p, const uint8_t *end, uint64_t *out)
+{
+    return read_varint(p, end, out);
+}
+
+const uint8_t *kl_pb_skip_value(const uint8_t *p, const uint8_t *end, int wt, const uint8_t **val,
+                                size_t *len)
+{
+    uint64_t v;
+    switch (wt) {
+    case WT_VARINT:
+        return read_varint(p, end, &v);
+    case WT_I64:
+        return end - p >= 8 ? p + 8 : NULL;
+    case WT_I32:
+        return end - p >= 4 ? p + 4 : NULL;
+    case WT_LEN:
+        p = read_varint(p, end, &v);
+        if (p == NULL || v > (uint64_t)(end - p))
+            return NULL;
+        if (val != NULL) {
+            *val = p;
+            *len = (size_t)v;
+        }
+        return p + v;
+    default:
+        return NULL;
+    }
+}
+
 static int expected_wire_type(ProtobufCType t)
 {
     switch (t) {
@@ -354,26 +384,10 @@ static void prescan(const ProtobufCMessageDescriptor *d, const uint8_t *p, const
     for (unsigned i = 0; i < d->n_fields; i++)
         expect[i] = 0;
     while (p != NULL && p < end) {
-        uint64_t tag, v;
+        uint64_t tag;
         if ((p = read_varint(p, end, &tag)) == NULL)
             return;
-        switch (tag & 7) {
-        case WT_VARINT:
-            p = read_varint(p, end, &v);
-            break;
-        case WT_I64:
-            p = end - p >= 8 ? p + 8 : NULL;
-            break;
-        case WT_I32:
-            p = end - p >= 4 ? p + 4 : NULL;
-            break;
-        case WT_LEN:
-            p = read_varint(p, end, &v);
-            p = (p != NULL && v <= (uint64_t)(end - p)) ? p + v : NULL;
-            break;
-        default:
-            return;
-        }
+        p = kl_pb_skip_value(p, end, (int)(tag & 7), NULL, NULL);
         const ProtobufCFieldDescriptor *fd =
             tag >> 3 ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3)) : NULL;
         if (fd != NULL && fd->label == PROTOBUF_C_LABEL_REPEATED)
@@ -409,25 +423,7 @@ static int decode_message(dec *D, const ProtobufCMessageDescriptor *d, const uin
         const ProtobufCFieldDescriptor *fd =
             num > 0 ? protobuf_c_message_descriptor_get_field(d, (unsigned)num) : NULL;
         if (fd == NULL) { /* unknown field: skip it */
-            uint64_t v;
-            switch (wt) {
-            case WT_VARINT:
-                p = read_varint(p, end, &v);
-                break;
-            case WT_I64:
-                p = end - p >= 8 ? p + 8 : NULL;
-                break;
-            case WT_I32:
-                p = end - p >= 4 ? p + 4 : NULL;
-                break;
-            case WT_LEN:
-                p = read_varint(p, end, &v);
-                p = (p != NULL && v <= (uint64_t)(end - p)) ? p + v : NULL;
-                break;
-            default:
-                p = NULL;
-            }
-            if (p == NULL)
+            if ((p = kl_pb_skip_value(p, end, wt, NULL, NULL)) == NULL)
                 return lua_settop(L, top), dec_fail(D, d, NULL, "bad unknown field %d", num);
             continue;
         }

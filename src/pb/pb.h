@@ -58,6 +58,15 @@ int kl_pb_decode(lua_State *L, kl_pb_ctx *ctx, const ProtobufCMessageDescriptor 
 int kl_pb_encode(lua_State *L, kl_pb_ctx *ctx, int idx, const ProtobufCMessageDescriptor *d,
                  kl_buf *b, char *err, size_t errlen);
 
+/* Wire-level helpers for code that walks messages itself (e.g. the relist
+ * fast path). Both return the position after what they read, or NULL when
+ * the bytes end early or are malformed. */
+const uint8_t *kl_pb_read_varint(const uint8_t *p, const uint8_t *end, uint64_t *out);
+/* Skip one field value of wire type `wt`; for length-delimited fields the
+ * value's bytes are returned through val and len (both may be NULL). */
+const uint8_t *kl_pb_skip_value(const uint8_t *p, const uint8_t *end, int wt, const uint8_t **val,
+                                size_t *len);
+
 /* Look up a message descriptor of the compiled protos by full name
  * ("runtime.v1.Container"); NULL when unknown. */
 const ProtobufCMessageDescriptor *kl_pb_find(const char *full_name);

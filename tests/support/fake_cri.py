@@ -158,9 +158,12 @@ def list_images_response():
 
 
 def container_event(i):
-    # ContainerEventResponse{container_id=1, container_event_type=2, created_at=3}
+    # ContainerEventResponse{container_id=1, container_event_type=2, created_at=3,
+    #   pod_sandbox_status=4{id=1, metadata=2{name=1, uid=2, namespace=3}}}
+    sandbox = pb_string(1, "sb1") + pb_message(
+        2, pb_string(1, "web") + pb_string(2, "uid-1") + pb_string(3, "default"))
     return (pb_string(1, "c%d" % (i + 1)) + pb_uint(2, i)
-            + pb_uint(3, EVENT_BASE_NS + i))
+            + pb_uint(3, EVENT_BASE_NS + i) + pb_message(4, sandbox))
 
 
 def exec_sync_response():

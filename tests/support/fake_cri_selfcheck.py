@@ -56,9 +56,14 @@ EXEC_SYNC_BYTES = b"\x0a\x06" b"hello\n" b"\x12\x00" b"\x18\x03"
 CREATED_AT_VARINT = b"\x80\x80\xa8\xb1\xe3\x9f\xe7\xcb\x17"
 
 
+# pod_sandbox_status (4) = {id "sb1", metadata {name "web", uid "uid-1", namespace "default"}}
+SANDBOX_STATUS = (b'"\x1c\n\x03sb1\x12\x15\n\x03web\x12\x05uid-1\x1a\x07default')
+
+
 def event_bytes(i):
     varint = bytes([CREATED_AT_VARINT[0] + i]) + CREATED_AT_VARINT[1:]
-    return b"\x0a\x02c%d" % (i + 1) + bytes([0x10, i]) + b"\x18" + varint
+    return (b"\x0a\x02c%d" % (i + 1) + bytes([0x10, i]) + b"\x18" + varint
+            + SANDBOX_STATUS)
 
 
 # ---------------------------------------------------------------------------
