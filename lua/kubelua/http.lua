@@ -32,6 +32,9 @@
 --                     false: a new connection, closed afterwards
 --   proxy             proxy URL; by default none (the environment's
 --                     http_proxy & co. are never used)
+--   stream            false (default): the whole body in resp.body;
+--                     true: return once the final response's headers are
+--                     in, and read the body piecewise (below)
 --
 -- The response: { status = 200, headers = { ["content-type"] = "...", ... },
 --   body = "...", url = "effective URL", truncated = false, redirects = 0,
@@ -58,12 +61,29 @@
 --   IO         send or receive failed
 --   PROTOCOL   the server's reply is not valid HTTP (or bad content encoding)
 --   ERROR      anything else (out of memory, ...)
+--   CANCELLED  (streams) read on a stream that was closed
+--
+-- Streams: with `stream = true` the response has no `body`; instead
+--   resp:read()   -> the bytes received since the last read (a non-empty
+--                    string; parks while none are there), then nil once the
+--                    body ended, or nil, "CODE: METHOD url: message", "CODE"
+--                    when the transfer failed after the headers (the bytes
+--                    received before the failure are read first)
+--   resp:close()  ends the transfer at once (a task parked in read() gets
+--                    nil, "CANCELLED: ...", "CANCELLED"); closing twice is fine
+--   resp:done()   -> true once the transfer ended (bytes may still be queued)
+-- `max_body` then bounds the bytes received and not read yet: when that
+-- many wait, the transfer pauses (the peer is held back by TCP) until the
+-- next read. `timeout` still covers the whole transfer (0: none). One task
+-- reads a stream at a time. A stream dropped without close() is ended when
+-- it is collected. Errors before the headers are returned by request() as
+-- usual.
 local core = require "kubelua.http.core"
 
 local M = {}
 
 M.CODES = { "TIMEOUT", "CONNECT", "DNS", "PROXY", "TLS", "HTTP2", "TOO_LARGE", "REDIRECTS", "URL",
-  "CLOSED", "IO", "PROTOCOL", "ERROR" }
+  "CLOSED", "IO", "PROTOCOL", "ERROR", "CANCELLED" }
 
 M.defaults = {
   method = "GET",
@@ -82,7 +102,7 @@ local OPTIONS = {
   connect_timeout = "number", max_body = "number", truncate = "boolean",
   follow_redirects = "boolean", max_redirects = "number", verify_tls = "boolean",
   ca_file = "string", cert_file = "string", key_file = "string", unix_socket = "string",
-  keepalive = "boolean", proxy = "string",
+  keepalive = "boolean", proxy = "string", stream = "boolean",
 }
 
 local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
@@ -173,6 +193,9 @@ local function prepare(opts)
   if o.method == "HEAD" and o.body ~= nil then
     error("kubelua.http: option 'body' is not allowed with method HEAD", 0)
   end
+  if o.stream and o.truncate then
+    error("kubelua.http: option 'truncate' is not allowed with 'stream'", 0)
+  end
   if o.max_redirects ~= math.floor(o.max_redirects) then
     error("kubelua.http: option 'max_redirects' must be an integer", 0)
   end
@@ -195,13 +218,36 @@ local function prepare(opts)
   return o
 end
 
+-- A streamed response: resp:read(), resp:close(), resp:done().
+local stream_resp = {
+  __index = {
+    read = function(self)
+      return self.stream:read()
+    end,
+    close = function(self)
+      return self.stream:close()
+    end,
+    done = function(self)
+      return self.stream:done()
+    end,
+  },
+}
+
+local function send(o)
+  local resp, err, code = core.request(o)
+  if resp and resp.stream then
+    setmetatable(resp, stream_resp)
+  end
+  return resp, err, code
+end
+
 -- request(opts) -> resp | nil, err, code   (parks the task)
 function M.request(opts)
   local ok, o = pcall(prepare, opts)
   if not ok then
     error(o, 2)
   end
-  return core.request(o)
+  return send(o)
 end
 
 -- get(url, opts) -> resp | nil, err, code
@@ -221,7 +267,7 @@ function M.get(url, opts)
   if not ok then
     error(p, 2)
   end
-  return core.request(p)
+  return send(p)
 end
 
 -- code_name(curlcode) -> the CODE a libcurl CURLcode number maps to

@@ -14,6 +14,10 @@
  * limit), except that proxies come only from `proxy=` (never from the
  * environment), only http and https are allowed, and signals are not used.
  *
+ * With `stream = true` the request returns as soon as the final response's
+ * headers are in, and the body is read piecewise with resp.stream:read(),
+ * which parks while nothing is buffered (see "streams" below).
+ *
  * One state per Lua state holds the multi handle, the timer and the polls.
  * It is created on first use and owned by a registry userdata whose __gc
  * tears it down; the uv handles live in malloc'd memory freed by their close
@@ -29,6 +33,7 @@
 #include <string.h>
 
 #define STATE_MT "kubelua.http.state"     /* registry: its metatable */
+#define STREAM_MT "kubelua.http.stream"   /* registry: a streamed body's metatable */
 #define STATE_KEY "kubelua.http.instance" /* registry: the state userdata */
 #define MAX_HEADER_BYTES (1024 * 1024)    /* all header lines of one response */
 
@@ -58,7 +63,8 @@ struct http_state {
     int running;      /* how many: the uv handles keep the loop alive only while > 0 */
     int open_handles; /* uv handles whose close callback has not run */
     int closing;      /* __gc ran: freed when open_handles drops to 0 */
-    int failed;       /* some request has `failed` set, see sweep_failed */
+    int failed;       /* some request has `failed` or `abandoned` set, see sweep_failed */
+    int pending;      /* some stream has something for its parked task, see deliver */
 };
 
 struct request {
@@ -75,6 +81,21 @@ struct request {
     int failed; /* a socket of ours could not be watched (uv error) */
     char errbuf[CURL_ERROR_SIZE];
     request *prev, *next;
+    /* Stream mode: `body` is the queue of bytes not yet read, `park` the task
+     * waiting for the headers, then for data. Once the response was handed
+     * out, the stream userdata owns the request: the transfer may end (done)
+     * long before the userdata goes away. */
+    int stream;
+    int follow;        /* redirects are followed: a 3xx with Location is not final */
+    int head_ready;    /* the final response's headers are complete */
+    int delivered;     /* the response went out; `ud` was set then */
+    int done;          /* the transfer ended and left the multi; `easy` is gone */
+    int paused;        /* the write callback paused the transfer (queue full) */
+    int cancelled;     /* closed by the caller */
+    int abandoned;     /* the userdata was collected: sweep_failed frees it */
+    request **ud;      /* the userdata's slot, NULL when it is gone */
+    char *error;       /* "CODE: label: detail" when the transfer failed */
+    char err_code[16]; /* its CODE */
 };
 
 /* ------------------------------------------------------------ small helpers */
@@ -268,6 +289,7 @@ static void req_free(request *r, int added)
     buf_free(&r->body);
     buf_free(&r->head);
     free(r->label);
+    free(r->error);
     free(r);
 }
 
@@ -281,6 +303,23 @@ static size_t on_body(char *ptr, size_t size, size_t n, void *ud)
 {
     request *r = ud;
     size_t len = size * n;
+    if (r->stream) {
+        /* Only the final response has a body curl hands out. A full queue
+         * pauses the transfer: curl keeps this piece and offers it again
+         * once read() unpauses. */
+        r->head_ready = 1;
+        if (r->body.len >= r->max_body && len > 0) {
+            r->paused = 1;
+            return CURL_WRITEFUNC_PAUSE;
+        }
+        if (buf_append(&r->body, ptr, len) != 0) {
+            r->oom = 1;
+            return CURL_WRITEFUNC_ERROR;
+        }
+        if (r->park != NULL)
+            r->st->pending = 1;
+        return len;
+    }
     size_t room = r->max_body - r->body.len;
     if (len > room) {
         if (r->truncate) {
@@ -298,6 +337,42 @@ static size_t on_body(char *ptr, size_t size, size_t n, void *ud)
         return CURL_WRITEFUNC_ERROR;
     }
     return len;
+}
+
+/* Whether the header block holds a Location header. */
+static int has_location(const buf *h)
+{
+    static const char name[] = "\nlocation:";
+    size_t n = sizeof name - 1;
+    for (size_t i = 0; h->len >= n && i <= h->len - n; i++) {
+        size_t k = 0;
+        while (k < n) {
+            char c = h->data[i + k];
+            if (c >= 'A' && c <= 'Z')
+                c = (char)(c - 'A' + 'a');
+            if (c != name[k])
+                break;
+            k++;
+        }
+        if (k == n)
+            return 1;
+    }
+    return 0;
+}
+
+/* The blank line that ends a header block: the response is the final one
+ * unless it is interim (1xx) or a redirect curl is about to follow. */
+static void stream_head_end(request *r)
+{
+    long status = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status < 200)
+        return;
+    if (r->follow && status >= 300 && status < 400 && status != 304 && has_location(&r->head))
+        return;
+    r->head_ready = 1;
+    if (r->park != NULL)
+        r->st->pending = 1;
 }
 
 static size_t on_header(char *ptr, size_t size, size_t n, void *ud)
@@ -319,6 +394,9 @@ static size_t on_header(char *ptr, size_t size, size_t n, void *ud)
         r->oom = 1;
         return 0;
     }
+    if (r->stream && !r->head_ready &&
+        ((len == 2 && ptr[0] == '\r' && ptr[1] == '\n') || (len == 1 && ptr[0] == '\n')))
+        stream_head_end(r);
     return len;
 }
 
@@ -403,6 +481,32 @@ typedef struct {
     int nres;
 } finish_ctx;
 
+/* The CODE of a failed transfer, and its message in `out` (no label). */
+static const char *error_detail(const request *r, CURLcode rc, char *out, size_t size)
+{
+    const char *code = code_name(rc);
+    if (r->oom) {
+        snprintf(out, size, "out of memory");
+        return "ERROR";
+    }
+    if (r->too_large) {
+        snprintf(out, size, "response body exceeds max_body (%zu bytes)", r->max_body);
+        return "TOO_LARGE";
+    }
+    if (r->head_too_large) {
+        snprintf(out, size, "response headers exceed %d bytes", MAX_HEADER_BYTES);
+        return "TOO_LARGE";
+    }
+    const char *detail = r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc);
+    size_t n = strlen(detail);
+    while (n > 0 && (detail[n - 1] == '\n' || detail[n - 1] == '\r'))
+        n--;
+    snprintf(out, size, "%.*s", (int)n, detail);
+    return code;
+}
+
+static void push_response(lua_State *L, request *r);
+
 /* Build the results on the host's main state (inside lua_cpcall, so an
  * allocation failure cannot escape) and move them to the parked task. */
 static int push_results(lua_State *L)
@@ -414,79 +518,215 @@ static int push_results(lua_State *L)
     if (rc == CURLE_WRITE_ERROR && r->truncated && !r->oom)
         rc = CURLE_OK; /* we stopped reading on purpose */
     if (rc != CURLE_OK) {
-        const char *code = code_name(rc);
-        const char *detail = r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc);
-        char size[64];
-        if (r->oom) {
-            code = "ERROR";
-            detail = "out of memory";
-        } else if (r->too_large) {
-            code = "TOO_LARGE";
-            snprintf(size, sizeof size, "response body exceeds max_body (%zu bytes)", r->max_body);
-            detail = size;
-        } else if (r->head_too_large) {
-            code = "TOO_LARGE";
-            snprintf(size, sizeof size, "response headers exceed %d bytes", MAX_HEADER_BYTES);
-            detail = size;
-        }
-        size_t n = strlen(detail);
-        while (n > 0 && (detail[n - 1] == '\n' || detail[n - 1] == '\r'))
-            n--;
-        c->nres = kl__push_error(L, code, "%s: %.*s", r->label, (int)n, detail);
+        char msg[CURL_ERROR_SIZE + 64];
+        const char *code = error_detail(r, rc, msg, sizeof msg);
+        c->nres = kl__push_error(L, code, "%s: %s", r->label, msg);
     } else {
-        CURL *e = r->easy;
-        long status = 0, redirects = 0;
-        char *url = NULL;
-        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-        curl_easy_getinfo(e, CURLINFO_REDIRECT_COUNT, &redirects);
-        curl_easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &url);
-        lua_createtable(L, 0, 8);
-        lua_pushinteger(L, (lua_Integer)status);
-        lua_setfield(L, -2, "status");
-        push_headers(L, r->head.data, r->head.len);
-        lua_setfield(L, -2, "headers");
+        push_response(L, r);
         lua_pushlstring(L, r->body.data ? r->body.data : "", r->body.len);
         lua_setfield(L, -2, "body");
-        lua_pushstring(L, url ? url : "");
-        lua_setfield(L, -2, "url");
-        lua_pushboolean(L, r->truncated);
-        lua_setfield(L, -2, "truncated");
-        lua_pushinteger(L, (lua_Integer)redirects);
-        lua_setfield(L, -2, "redirects");
-        long connects = 0;
-        curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
-        lua_pushboolean(L, connects == 0);
-        lua_setfield(L, -2, "reused");
-        /* Seconds from the start to the end of each phase; a phase that did
-         * not happen (no TLS, a reused connection) ends with the one before,
-         * so the figures never decrease. */
-        static const struct {
-            const char *name;
-            CURLINFO info;
-        } phases[] = {{"dns", CURLINFO_NAMELOOKUP_TIME_T},
-                      {"connect", CURLINFO_CONNECT_TIME_T},
-                      {"tls", CURLINFO_APPCONNECT_TIME_T},
-                      {"first_byte", CURLINFO_STARTTRANSFER_TIME_T},
-                      {"total", CURLINFO_TOTAL_TIME_T}};
-        double last = 0;
-        lua_createtable(L, 0, 5);
-        for (size_t i = 0; i < sizeof phases / sizeof phases[0]; i++) {
-            double v = secs_info(e, phases[i].info);
-            if (v < last)
-                v = last;
-            set_num(L, phases[i].name, v);
-            last = v;
-        }
-        lua_setfield(L, -2, "timings");
         c->nres = 1;
     }
     lua_xmove(L, r->co, c->nres);
     return 0;
 }
 
+/* Push the response table: status, headers, url, timings, ... (no body). */
+static void push_response(lua_State *L, request *r)
+{
+    CURL *e = r->easy;
+    long status = 0, redirects = 0;
+    char *url = NULL;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(e, CURLINFO_REDIRECT_COUNT, &redirects);
+    curl_easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &url);
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, (lua_Integer)status);
+    lua_setfield(L, -2, "status");
+    push_headers(L, r->head.data, r->head.len);
+    lua_setfield(L, -2, "headers");
+    lua_pushstring(L, url ? url : "");
+    lua_setfield(L, -2, "url");
+    lua_pushboolean(L, r->truncated);
+    lua_setfield(L, -2, "truncated");
+    lua_pushinteger(L, (lua_Integer)redirects);
+    lua_setfield(L, -2, "redirects");
+    long connects = 0;
+    curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
+    lua_pushboolean(L, connects == 0);
+    lua_setfield(L, -2, "reused");
+    /* Seconds from the start to the end of each phase; a phase that did
+     * not happen (no TLS, a reused connection) ends with the one before,
+     * so the figures never decrease. */
+    static const struct {
+        const char *name;
+        CURLINFO info;
+    } phases[] = {{"dns", CURLINFO_NAMELOOKUP_TIME_T},
+                  {"connect", CURLINFO_CONNECT_TIME_T},
+                  {"tls", CURLINFO_APPCONNECT_TIME_T},
+                  {"first_byte", CURLINFO_STARTTRANSFER_TIME_T},
+                  {"total", CURLINFO_TOTAL_TIME_T}};
+    double last = 0;
+    lua_createtable(L, 0, 5);
+    for (size_t i = 0; i < sizeof phases / sizeof phases[0]; i++) {
+        double v = secs_info(e, phases[i].info);
+        if (v < last)
+            v = last;
+        set_num(L, phases[i].name, v);
+        last = v;
+    }
+    lua_setfield(L, -2, "timings");
+}
+
+/* ---------------------------------------------------------------- streams
+ *
+ * A stream request parks its task until the final response's headers are in
+ * (head_ready), then hands out the response with a userdata, `stream`, that
+ * owns the request from then on. on_body queues bytes in r->body (pausing
+ * the transfer when max_body bytes wait unread); read() takes them all, or
+ * parks until there are some. Curl callbacks only set flags: the task is
+ * resumed by deliver() once curl has returned, so no Lua value is made
+ * inside a curl callback (a collection could run a __gc there). When the
+ * transfer ends the easy handle goes at once; what was queued, and the
+ * outcome, wait for read(). */
+
+static void stream_end(request *r)
+{
+    if (r->easy != NULL) {
+        curl_multi_remove_handle(r->st->multi, r->easy);
+        req_unlink(r);
+        curl_easy_cleanup(r->easy);
+        r->easy = NULL;
+    }
+    r->done = 1;
+}
+
+/* Push what read() returns now: the queued bytes, else the outcome (nil at
+ * the end, or the error triple). Returns the number of values. */
+static int push_read(lua_State *L, request *r)
+{
+    if (r->body.len > 0) {
+        lua_pushlstring(L, r->body.data, r->body.len);
+        r->body.len = 0;
+        return 1;
+    }
+    if (r->cancelled)
+        return kl__push_error(L, "CANCELLED", "%s: the stream was closed", r->label);
+    if (r->error != NULL) {
+        lua_pushnil(L);
+        lua_pushstring(L, r->error);
+        lua_pushstring(L, r->err_code);
+        return 3;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+typedef struct {
+    request *r;
+    lua_State *co;
+    int head; /* 1: the response (and its stream); 0: a read's results */
+    int nres;
+} stream_ctx;
+
+static int stream_push(lua_State *L)
+{
+    stream_ctx *c = lua_touserdata(L, 1);
+    request *r = c->r;
+    lua_settop(L, 0);
+    if (c->head) {
+        push_response(L, r);
+        request **u = lua_newuserdata(L, sizeof *u);
+        *u = r;
+        luaL_getmetatable(L, STREAM_MT);
+        lua_setmetatable(L, -2);
+        r->ud = u;
+        r->delivered = 1;
+        lua_setfield(L, -2, "stream");
+        c->nres = 1;
+    } else {
+        c->nres = push_read(L, r);
+    }
+    lua_xmove(L, c->co, c->nres);
+    return 0;
+}
+
+/* Resume the task parked on `r` (waiting for the headers when `head`). */
+static void stream_resume(request *r, int head)
+{
+    kl_park *p = r->park;
+    lua_State *co = kl__park_thread(p);
+    lua_State *L = r->st->L;
+    stream_ctx c = {r, co, head, 0};
+    int top = lua_gettop(L);
+    r->park = NULL;
+    if (!lua_checkstack(co, 4) || lua_cpcall(L, stream_push, &c) != 0) {
+        lua_settop(L, top);
+        c.nres = kl__push_error(co, "ERROR", "%s: out of memory", r->label);
+    }
+    kl__park_resume(p, c.nres);
+}
+
+/* The transfer of a stream ended: keep the outcome for read(). */
+static void stream_finish(request *r, CURLcode rc)
+{
+    if (rc != CURLE_OK && r->error == NULL) {
+        char msg[CURL_ERROR_SIZE + 64];
+        const char *code = error_detail(r, rc, msg, sizeof msg);
+        size_t n = strlen(r->label) + strlen(msg) + strlen(code) + 8;
+        r->error = malloc(n);
+        if (r->error != NULL)
+            snprintf(r->error, n, "%s: %s: %s", code, r->label, msg);
+        snprintf(r->err_code, sizeof r->err_code, "%s", code);
+    }
+    if (!r->delivered) {
+        int had_park = r->park != NULL;
+        if (had_park) {
+            kl__park_set_cancel(r->park, NULL, NULL);
+            stream_resume(r, 1); /* sets ud unless out of memory */
+        }
+        stream_end(r);
+        if (r->ud == NULL)
+            req_free(r, 0);
+        return;
+    }
+    stream_end(r);
+    if (r->ud == NULL) { /* collected already: nobody will read */
+        req_free(r, 0);
+        return;
+    }
+    if (r->park != NULL)
+        stream_resume(r, 0);
+}
+
+/* After curl returned: resume the stream tasks that have something. */
+static void deliver(http_state *st)
+{
+    if (!st->pending)
+        return;
+    st->pending = 0;
+    for (request *r = st->reqs; r != NULL; r = r->next) {
+        if (!r->stream || r->park == NULL)
+            continue;
+        if (!r->delivered && r->head_ready) {
+            kl__park_set_cancel(r->park, NULL, NULL);
+            stream_resume(r, 1);
+            if (r->ud == NULL)
+                r->abandoned = st->failed = 1; /* out of memory: sweep it */
+        } else if (r->delivered && r->body.len > 0) {
+            kl__park_set_cancel(r->park, NULL, NULL);
+            stream_resume(r, 0);
+        }
+    }
+}
+
 /* The transfer ended: queue the task's resumption and free the request. */
 static void finish(request *r, CURLcode rc)
 {
+    if (r->stream && (r->delivered || r->head_ready || rc == CURLE_OK)) {
+        stream_finish(r, rc);
+        return;
+    }
     finish_ctx c = {r, rc, 0};
     lua_State *L = r->st->L;
     int top = lua_gettop(L);
@@ -522,7 +762,9 @@ static void sweep_failed(http_state *st)
     request *r = st->reqs;
     while (r != NULL) {
         request *next = r->next;
-        if (r->failed) {
+        if (r->abandoned) {
+            req_free(r, 1);
+        } else if (r->failed) {
             snprintf(r->errbuf, sizeof r->errbuf, "cannot watch the socket: %s",
                      uv_strerror(r->failed));
             finish(r, CURLE_COULDNT_CONNECT);
@@ -549,6 +791,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
     int running;
     curl_multi_socket_action(st->multi, s->fd, flags, &running);
     check_done(st);
+    deliver(st);
     sweep_failed(st);
 }
 
@@ -558,6 +801,7 @@ static void on_timeout(uv_timer_t *t)
     int running;
     curl_multi_socket_action(st->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_done(st);
+    deliver(st);
     sweep_failed(st);
 }
 
@@ -626,6 +870,104 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp)
     return 0;
 }
 
+/* ------------------------------------------------------- stream userdata */
+
+static request *check_stream(lua_State *L)
+{
+    request **u = luaL_checkudata(L, 1, STREAM_MT);
+    return *u;
+}
+
+static void read_cancel(void *ud)
+{
+    request *r = ud;
+    r->park = NULL; /* the transfer goes on; the userdata's __gc ends it */
+}
+
+/* Let a paused transfer go on once the queue was taken. curl may hand over
+ * the piece it kept right here (on_body only queues it); the timer makes
+ * sure the multi is driven again. */
+static void stream_unpause(request *r)
+{
+    if (!r->paused || r->easy == NULL)
+        return;
+    r->paused = 0;
+    curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    uv_timer_start(&r->st->timer, on_timeout, 0, 0);
+}
+
+/* stream:read() -> bytes | nil (the end) | nil, "CODE: METHOD url: msg", "CODE"
+ * Returns every byte queued since the last read; parks while there is none. */
+static int l_stream_read(lua_State *L)
+{
+    request *r = check_stream(L);
+    if (r == NULL)
+        return kl__push_error(L, "CANCELLED", "the stream was closed");
+    if (r->park != NULL)
+        return luaL_error(L, "kubelua.http: another task is already reading this stream");
+    if (r->body.len == 0 && !r->done && !r->cancelled) {
+        stream_unpause(r);
+        if (r->body.len == 0) {
+            kl_park *p = kl__park_new(L);
+            r->park = p;
+            kl__park_set_cancel(p, read_cancel, r);
+            return kl__park_yield(L, p);
+        }
+    }
+    int n = push_read(L, r);
+    stream_unpause(r);
+    return n;
+}
+
+/* stream:close(): end the transfer now; a task parked in read() gets
+ * nil, "CANCELLED: ...". Closing twice is fine. */
+static int l_stream_close(lua_State *L)
+{
+    request *r = check_stream(L);
+    if (r == NULL || r->cancelled)
+        return 0;
+    stream_end(r);
+    r->cancelled = 1;
+    r->body.len = 0;
+    if (r->park != NULL) {
+        kl_park *p = r->park;
+        r->park = NULL;
+        kl__park_set_cancel(p, NULL, NULL);
+        lua_State *co = kl__park_thread(p);
+        kl__park_resume(p, kl__push_error(co, "CANCELLED", "%s: the stream was closed", r->label));
+    }
+    return 0;
+}
+
+/* stream:done() -> whether the transfer ended (the rest may still be queued). */
+static int l_stream_done(lua_State *L)
+{
+    request *r = check_stream(L);
+    lua_pushboolean(L, r == NULL || r->done);
+    return 1;
+}
+
+/* __gc: a stream nobody holds. Curl must not be called here (a collection
+ * can run inside any Lua allocation), so a live transfer is only marked and
+ * the timer's sweep removes it. */
+static int l_stream_gc(lua_State *L)
+{
+    request **u = lua_touserdata(L, 1);
+    request *r = *u;
+    if (r == NULL)
+        return 0;
+    *u = NULL;
+    r->ud = NULL;
+    if (r->done) {
+        req_free(r, 0);
+    } else {
+        r->abandoned = 1;
+        r->st->failed = 1;
+        uv_timer_start(&r->st->timer, on_timeout, 0, 0);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ state */
 
 static int state_gc(lua_State *L)
@@ -639,7 +981,14 @@ static int state_gc(lua_State *L)
      * left is released here and can never be resumed. */
     while (st->reqs != NULL) {
         request *r = st->reqs;
-        kl__park_set_cancel(r->park, NULL, NULL);
+        if (r->park != NULL)
+            kl__park_set_cancel(r->park, NULL, NULL);
+        if (r->ud != NULL) {
+            /* a live stream: its userdata (finalized later or already)
+             * must not find the request */
+            *r->ud = NULL;
+            r->ud = NULL;
+        }
         req_free(r, 1);
     }
     st->closing = 1;
@@ -702,7 +1051,7 @@ typedef struct {
     const char *url, *method, *body, *ca_file, *cert_file, *key_file, *unix_socket, *proxy;
     size_t body_len;
     double timeout, connect_timeout, max_body, max_redirects; /* < 0: not given */
-    int truncate, follow, verify_tls, keepalive;
+    int truncate, follow, verify_tls, keepalive, stream;
     int headers; /* stack index of the header line array, 0 if none */
     int nheaders;
 } req_opts;
@@ -798,6 +1147,9 @@ static void read_opts(lua_State *L, int t, req_opts *o)
     o->follow = opt_bool(L, t, "follow_redirects", 0);
     o->verify_tls = opt_bool(L, t, "verify_tls", 1);
     o->keepalive = opt_bool(L, t, "keepalive", 1);
+    o->stream = opt_bool(L, t, "stream", 0);
+    if (o->stream && o->truncate)
+        luaL_error(L, "kubelua.http: option 'truncate' is not allowed with 'stream'");
     opt_get(L, t, "headers");
     if (lua_istable(L, -1)) {
         o->headers = lua_gettop(L); /* left on the stack for setup() */
@@ -880,6 +1232,8 @@ static CURLcode setup(lua_State *L, request *r, const req_opts *o)
         SET(CURLOPT_SSLKEY, o->key_file);
     if (o->unix_socket != NULL)
         SET(CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
+    if (o->stream)
+        SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L); /* a proxy's reply is not ours */
     if (!o->keepalive) {
         SET(CURLOPT_FRESH_CONNECT, 1L);
         SET(CURLOPT_FORBID_REUSE, 1L);
@@ -928,6 +1282,8 @@ static int l_request(lua_State *L)
     r->co = L;
     r->max_body = o.max_body >= 0 && o.max_body < (double)SIZE_MAX ? (size_t)o.max_body : SIZE_MAX;
     r->truncate = o.truncate;
+    r->stream = o.stream;
+    r->follow = o.follow;
     r->label = make_label(o.method, o.url);
     r->easy = curl_easy_init();
     if (r->label == NULL || r->easy == NULL)
@@ -969,6 +1325,15 @@ int luaopen_kubelua_http_core(lua_State *L)
     luaL_newmetatable(L, STATE_MT);
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    static const luaL_Reg stream_methods[] = {
+        {"read", l_stream_read}, {"close", l_stream_close}, {"done", l_stream_done}, {0, 0}};
+    luaL_newmetatable(L, STREAM_MT);
+    lua_pushcfunction(L, l_stream_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_newtable(L);
+    luaL_setfuncs(L, stream_methods, 0);
+    lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {
         {"request", l_request}, {"code_name", l_code_name}, {"version", l_version}, {0, 0}};
