@@ -232,7 +232,8 @@ static int l_snapshot(lua_State *L)
     if (parse_list(s, F, (const uint8_t *)bs, ns, F->list_items, parse_sandbox) != 0)
         return kl__push_error(L, "INVALID_ARGUMENT", "malformed ListPodSandboxResponse");
     size_t nsand = s->n;
-    qsort(s->e, nsand, sizeof *s->e, cmp_id);
+    if (nsand > 1)
+        qsort(s->e, nsand, sizeof *s->e, cmp_id);
     if (parse_list(s, F, (const uint8_t *)bc, nc, F->list_containers, parse_container) != 0)
         return kl__push_error(L, "INVALID_ARGUMENT", "malformed ListContainersResponse");
     /* Containers without the pod label belong to their sandbox's pod. */
@@ -242,13 +243,14 @@ static int l_snapshot(lua_State *L)
             continue;
         if (e->sandbox != NULL) {
             entry key = {.id = e->sandbox};
-            entry *sb = bsearch(&key, s->e, nsand, sizeof *s->e, cmp_id);
+            entry *sb = nsand ? bsearch(&key, s->e, nsand, sizeof *s->e, cmp_id) : NULL;
             e->pod = sb != NULL ? sb->pod : e->sandbox;
         } else {
             e->pod = e->id;
         }
     }
-    qsort(s->e, s->n, sizeof *s->e, cmp_id);
+    if (s->n > 1)
+        qsort(s->e, s->n, sizeof *s->e, cmp_id);
     return 1;
 }
 
