@@ -130,6 +130,7 @@ function M.new(opts)
     sources = {}, -- registered names, in order
     registered = {},
     pods = {}, -- source -> uid -> pod
+    incoming = {}, -- source -> uid -> the table the source last handed in
     seen_set = {}, -- source -> true once it sent a SET
   }, PodConfig)
 end
@@ -140,6 +141,7 @@ function PodConfig:register(source)
     self.registered[source] = true
     self.sources[#self.sources + 1] = source
     self.pods[source] = {}
+    self.incoming[source] = {}
   end
 end
 
@@ -243,8 +245,18 @@ function PodConfig:merge(source, update)
   local first_set = false
   local op = update.op
 
+  local seen_in = self.incoming[source]
   local function upsert(pods, target)
     for _, incoming in ipairs(self:filter(source, pods)) do
+      local uid = uid_of(incoming)
+      -- A source that hands in the very same table as before (a file that
+      -- did not change) has nothing new: skip the deep comparison. Sources
+      -- must therefore not mutate a table after handing it in.
+      if store[uid] and seen_in[uid] == incoming then
+        target[uid] = store[uid]
+        goto continue
+      end
+      seen_in[uid] = incoming
       local pod = copy(incoming)
       local md = meta(pod)
       md.annotations = md.annotations or {}
@@ -261,6 +273,7 @@ function PodConfig:merge(source, update)
         table.insert(out.ADD, pod)
         target[md.uid] = pod
       end
+      ::continue::
     end
   end
 
@@ -272,6 +285,7 @@ function PodConfig:merge(source, update)
       if uid and store[uid] then
         table.insert(out.REMOVE, store[uid])
         store[uid] = nil
+        seen_in[uid] = nil
       end
     end
   elseif op == "SET" then
@@ -288,6 +302,7 @@ function PodConfig:merge(source, update)
     table.sort(gone, function(a, b) return uid_of(a) < uid_of(b) end)
     for _, pod in ipairs(gone) do
       table.insert(out.REMOVE, pod)
+      seen_in[uid_of(pod)] = nil
     end
     self.pods[source] = fresh
   else

@@ -20,33 +20,47 @@ M.HASH_ANNOTATION = "kubernetes.io/config.hash"
 -- ----------------------------------------------------------------- hashing
 
 -- A canonical text of a decoded value: sorted keys, types marked.
-local function canonical(v, out)
+local function key_less(a, b)
+  local ta, tb = type(a), type(b)
+  if ta ~= tb then
+    return ta < tb
+  end
+  return a < b
+end
+
+local function canonical(v, out, n)
   local tv = type(v)
   if tv == "table" then
-    local keys = {}
+    local keys, all_strings = {}, true
     for k in pairs(v) do
       keys[#keys + 1] = k
+      all_strings = all_strings and type(k) == "string"
     end
-    table.sort(keys, function(a, b)
-      if type(a) ~= type(b) then
-        return type(a) < type(b)
-      end
-      return a < b
-    end)
-    out[#out + 1] = "{"
-    for _, k in ipairs(keys) do
-      canonical(k, out)
-      out[#out + 1] = "="
-      canonical(v[k], out)
-      out[#out + 1] = ";"
+    if all_strings then
+      table.sort(keys)
+    else
+      table.sort(keys, key_less)
     end
-    out[#out + 1] = "}"
+    n = n + 1
+    out[n] = "{"
+    for i = 1, #keys do
+      local k = keys[i]
+      n = canonical(k, out, n)
+      n = n + 1
+      out[n] = "="
+      n = canonical(v[k], out, n)
+    end
+    n = n + 1
+    out[n] = "}"
   elseif tv == "string" then
-    out[#out + 1] = "s" .. #v .. ":" .. v
+    out[n + 1], out[n + 2], out[n + 3] = "s", #v, ":"
+    out[n + 4] = v
+    n = n + 4
   else
-    out[#out + 1] = tv:sub(1, 1) .. tostring(v)
+    out[n + 1], out[n + 2] = tv, tostring(v)
+    n = n + 2
   end
-  return out
+  return n
 end
 
 local FNV_PRIME = 1099511628211ULL
@@ -69,7 +83,9 @@ function M.hash(...)
 end
 
 function M.canonical(v)
-  return table.concat(canonical(v, {}))
+  local out = {}
+  canonical(v, out, 0)
+  return table.concat(out)
 end
 
 -- ------------------------------------------------------------------ defaults
