@@ -75,9 +75,16 @@
 -- `max_body` then bounds the bytes received and not read yet: when that
 -- many wait, the transfer pauses (the peer is held back by TCP) until the
 -- next read. `timeout` still covers the whole transfer (0: none). One task
--- reads a stream at a time. A stream dropped without close() is ended when
--- it is collected. Errors before the headers are returned by request() as
--- usual.
+-- at a time waits on a stream. A stream dropped without close() is ended
+-- when it is collected. Errors before the headers are returned by request()
+-- as usual.
+--
+-- open(opts) -> s: the same stream, returned at once (it never parks, so
+-- another task can close() it in any phase): the transfer starts on the
+-- next loop turn; s:response() parks until the headers are in and returns
+-- the response table (or nil, err, code); s:read(), s:close(), s:done() as
+-- above. A failure to start (a bad option value curl refuses) is what
+-- s:response() returns. `stream` is implied.
 local core = require "kubelua.http.core"
 
 local M = {}
@@ -218,7 +225,7 @@ local function prepare(opts)
   return o
 end
 
--- A streamed response: resp:read(), resp:close(), resp:done().
+-- A streamed response: resp:read(), resp:close(), resp:done() on resp.stream.
 local stream_resp = {
   __index = {
     read = function(self)
@@ -234,11 +241,18 @@ local stream_resp = {
 }
 
 local function send(o)
-  local resp, err, code = core.request(o)
-  if resp and resp.stream then
-    setmetatable(resp, stream_resp)
+  if not o.stream then
+    return core.request(o)
   end
-  return resp, err, code
+  o.stream = nil
+  local s = core.open(o)
+  local resp, err, code = s:response()
+  if not resp then
+    s:close()
+    return nil, err, code
+  end
+  resp.stream = s
+  return setmetatable(resp, stream_resp)
 end
 
 -- request(opts) -> resp | nil, err, code   (parks the task)
@@ -268,6 +282,19 @@ function M.get(url, opts)
     error(p, 2)
   end
   return send(p)
+end
+
+-- open(opts) -> stream (see above); bad options throw as for request
+function M.open(opts)
+  local ok, o = pcall(prepare, opts)
+  if not ok then
+    error(o, 2)
+  end
+  if o.truncate then
+    error("kubelua.http: option 'truncate' is not allowed with open", 2)
+  end
+  o.stream = nil
+  return core.open(o)
 end
 
 -- code_name(curlcode) -> the CODE a libcurl CURLcode number maps to

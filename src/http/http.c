@@ -88,14 +88,19 @@ struct request {
     int stream;
     int follow;        /* redirects are followed: a 3xx with Location is not final */
     int head_ready;    /* the final response's headers are complete */
-    int delivered;     /* the response went out; `ud` was set then */
+    int wants_head;    /* the parked task waits in response(), not read() */
     int done;          /* the transfer ended and left the multi; `easy` is gone */
     int paused;        /* the write callback paused the transfer (queue full) */
     int cancelled;     /* closed by the caller */
     int abandoned;     /* the userdata was collected: sweep_failed frees it */
     request **ud;      /* the userdata's slot, NULL when it is gone */
     char *error;       /* "CODE: label: detail" when the transfer failed */
-    char err_code[16]; /* its CODE */
+    char err_code[16]; /* its CODE ("" while none) */
+    /* What the response table reports, kept from the easy handle so that
+     * it outlives the transfer (see take_info). */
+    long status, redirects, connects;
+    char *url;
+    double timings[5];
 };
 
 /* ------------------------------------------------------------ small helpers */
@@ -290,6 +295,7 @@ static void req_free(request *r, int added)
     buf_free(&r->head);
     free(r->label);
     free(r->error);
+    free(r->url);
     free(r);
 }
 
@@ -506,6 +512,7 @@ static const char *error_detail(const request *r, CURLcode rc, char *out, size_t
 }
 
 static void push_response(lua_State *L, request *r);
+static void take_info(request *r);
 
 /* Build the results on the host's main state (inside lua_cpcall, so an
  * allocation failure cannot escape) and move them to the parked task. */
@@ -522,6 +529,7 @@ static int push_results(lua_State *L)
         const char *code = error_detail(r, rc, msg, sizeof msg);
         c->nres = kl__push_error(L, code, "%s: %s", r->label, msg);
     } else {
+        take_info(r);
         push_response(L, r);
         lua_pushlstring(L, r->body.data ? r->body.data : "", r->body.len);
         lua_setfield(L, -2, "body");
@@ -531,68 +539,84 @@ static int push_results(lua_State *L)
     return 0;
 }
 
-/* Push the response table: status, headers, url, timings, ... (no body). */
-static void push_response(lua_State *L, request *r)
+static const struct {
+    const char *name;
+    CURLINFO info;
+} phases[] = {{"dns", CURLINFO_NAMELOOKUP_TIME_T},
+              {"connect", CURLINFO_CONNECT_TIME_T},
+              {"tls", CURLINFO_APPCONNECT_TIME_T},
+              {"first_byte", CURLINFO_STARTTRANSFER_TIME_T},
+              {"total", CURLINFO_TOTAL_TIME_T}};
+
+/* Copy what the response table shows from the easy handle (while there is
+ * one): a stream's transfer may be gone when its response is asked for. */
+static void take_info(request *r)
 {
     CURL *e = r->easy;
-    long status = 0, redirects = 0;
+    if (e == NULL)
+        return;
     char *url = NULL;
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_getinfo(e, CURLINFO_REDIRECT_COUNT, &redirects);
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_getinfo(e, CURLINFO_REDIRECT_COUNT, &r->redirects);
+    curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &r->connects);
     curl_easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &url);
-    lua_createtable(L, 0, 8);
-    lua_pushinteger(L, (lua_Integer)status);
-    lua_setfield(L, -2, "status");
-    push_headers(L, r->head.data, r->head.len);
-    lua_setfield(L, -2, "headers");
-    lua_pushstring(L, url ? url : "");
-    lua_setfield(L, -2, "url");
-    lua_pushboolean(L, r->truncated);
-    lua_setfield(L, -2, "truncated");
-    lua_pushinteger(L, (lua_Integer)redirects);
-    lua_setfield(L, -2, "redirects");
-    long connects = 0;
-    curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
-    lua_pushboolean(L, connects == 0);
-    lua_setfield(L, -2, "reused");
+    char *copy = url != NULL ? strdup(url) : NULL;
+    if (copy != NULL || url == NULL) {
+        free(r->url);
+        r->url = copy;
+    }
     /* Seconds from the start to the end of each phase; a phase that did
      * not happen (no TLS, a reused connection) ends with the one before,
      * so the figures never decrease. */
-    static const struct {
-        const char *name;
-        CURLINFO info;
-    } phases[] = {{"dns", CURLINFO_NAMELOOKUP_TIME_T},
-                  {"connect", CURLINFO_CONNECT_TIME_T},
-                  {"tls", CURLINFO_APPCONNECT_TIME_T},
-                  {"first_byte", CURLINFO_STARTTRANSFER_TIME_T},
-                  {"total", CURLINFO_TOTAL_TIME_T}};
     double last = 0;
-    lua_createtable(L, 0, 5);
     for (size_t i = 0; i < sizeof phases / sizeof phases[0]; i++) {
         double v = secs_info(e, phases[i].info);
         if (v < last)
             v = last;
-        set_num(L, phases[i].name, v);
-        last = v;
+        r->timings[i] = last = v;
     }
+}
+
+/* Push the response table: status, headers, url, timings, ... (no body),
+ * as of the last take_info. */
+static void push_response(lua_State *L, request *r)
+{
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, (lua_Integer)r->status);
+    lua_setfield(L, -2, "status");
+    push_headers(L, r->head.data, r->head.len);
+    lua_setfield(L, -2, "headers");
+    lua_pushstring(L, r->url ? r->url : "");
+    lua_setfield(L, -2, "url");
+    lua_pushboolean(L, r->truncated);
+    lua_setfield(L, -2, "truncated");
+    lua_pushinteger(L, (lua_Integer)r->redirects);
+    lua_setfield(L, -2, "redirects");
+    lua_pushboolean(L, r->connects == 0);
+    lua_setfield(L, -2, "reused");
+    lua_createtable(L, 0, 5);
+    for (size_t i = 0; i < sizeof phases / sizeof phases[0]; i++)
+        set_num(L, phases[i].name, r->timings[i]);
     lua_setfield(L, -2, "timings");
 }
 
 /* ---------------------------------------------------------------- streams
  *
- * A stream request parks its task until the final response's headers are in
- * (head_ready), then hands out the response with a userdata, `stream`, that
- * owns the request from then on. on_body queues bytes in r->body (pausing
- * the transfer when max_body bytes wait unread); read() takes them all, or
- * parks until there are some. Curl callbacks only set flags: the task is
- * resumed by deliver() once curl has returned, so no Lua value is made
- * inside a curl callback (a collection could run a __gc there). When the
- * transfer ends the easy handle goes at once; what was queued, and the
- * outcome, wait for read(). */
+ * open() makes the request and returns its userdata at once; the userdata
+ * owns the request. The transfer runs in loop callbacks: on_header marks
+ * the final response's headers (head_ready), on_body queues bytes in
+ * r->body (pausing the transfer while max_body bytes wait unread). One task
+ * at a time parks on a stream, in response() until head_ready or in read()
+ * until bytes are queued. Curl callbacks only set flags: deliver() resumes
+ * the task once curl has returned, so no Lua value is made inside a curl
+ * callback (a collection could run a __gc there). When the transfer ends,
+ * the easy handle goes at once; the queued bytes, the response and the
+ * outcome stay for the task to take. */
 
 static void stream_end(request *r)
 {
     if (r->easy != NULL) {
+        take_info(r);
         curl_multi_remove_handle(r->st->multi, r->easy);
         req_unlink(r);
         curl_easy_cleanup(r->easy);
@@ -601,23 +625,60 @@ static void stream_end(request *r)
     r->done = 1;
 }
 
-/* Push what read() returns now: the queued bytes, else the outcome (nil at
- * the end, or the error triple). Returns the number of values. */
+/* Record the failure read() and response() report. */
+static void stream_fail(request *r, const char *code, const char *msg)
+{
+    if (r->err_code[0] != '\0')
+        return; /* the first failure stands */
+    snprintf(r->err_code, sizeof r->err_code, "%s", code);
+    size_t n = strlen(code) + strlen(r->label ? r->label : "") + strlen(msg) + 8;
+    r->error = malloc(n);
+    if (r->error != NULL)
+        snprintf(r->error, n, "%s: %s: %s", code, r->label ? r->label : "request", msg);
+}
+
+static int push_failure(lua_State *L, request *r)
+{
+    if (r->error == NULL)
+        return kl__push_error(L, r->err_code, "%s: out of memory", r->label ? r->label : "request");
+    lua_pushnil(L);
+    lua_pushstring(L, r->error);
+    lua_pushstring(L, r->err_code);
+    return 3;
+}
+
+/* What response() returns now (the response, or the failure), or -1 when
+ * it must wait. */
+static int push_head(lua_State *L, request *r)
+{
+    if (r->cancelled)
+        return kl__push_error(L, "CANCELLED", "%s: the stream was closed", r->label);
+    if (r->head_ready) {
+        take_info(r);
+        push_response(L, r);
+        return 1;
+    }
+    if (r->done)
+        return r->err_code[0] ? push_failure(L, r)
+                              : kl__push_error(L, "CLOSED", "%s: no response", r->label);
+    return -1;
+}
+
+/* What read() returns now: the queued bytes, else the outcome (nil at the
+ * end, or the failure); -1 when it must wait. */
 static int push_read(lua_State *L, request *r)
 {
+    if (r->cancelled)
+        return kl__push_error(L, "CANCELLED", "%s: the stream was closed", r->label);
     if (r->body.len > 0) {
         lua_pushlstring(L, r->body.data, r->body.len);
         r->body.len = 0;
         return 1;
     }
-    if (r->cancelled)
-        return kl__push_error(L, "CANCELLED", "%s: the stream was closed", r->label);
-    if (r->error != NULL) {
-        lua_pushnil(L);
-        lua_pushstring(L, r->error);
-        lua_pushstring(L, r->err_code);
-        return 3;
-    }
+    if (!r->done)
+        return -1;
+    if (r->err_code[0])
+        return push_failure(L, r);
     lua_pushnil(L);
     return 1;
 }
@@ -625,41 +686,33 @@ static int push_read(lua_State *L, request *r)
 typedef struct {
     request *r;
     lua_State *co;
-    int head; /* 1: the response (and its stream); 0: a read's results */
     int nres;
 } stream_ctx;
 
 static int stream_push(lua_State *L)
 {
     stream_ctx *c = lua_touserdata(L, 1);
-    request *r = c->r;
     lua_settop(L, 0);
-    if (c->head) {
-        push_response(L, r);
-        request **u = lua_newuserdata(L, sizeof *u);
-        *u = r;
-        luaL_getmetatable(L, STREAM_MT);
-        lua_setmetatable(L, -2);
-        r->ud = u;
-        r->delivered = 1;
-        lua_setfield(L, -2, "stream");
-        c->nres = 1;
-    } else {
-        c->nres = push_read(L, r);
-    }
+    c->nres = c->r->wants_head ? push_head(L, c->r) : push_read(L, c->r);
     lua_xmove(L, c->co, c->nres);
     return 0;
 }
 
-/* Resume the task parked on `r` (waiting for the headers when `head`). */
-static void stream_resume(request *r, int head)
+/* Resume the task parked on `r` with what it waits for, if that is there. */
+static void stream_wake(request *r)
 {
     kl_park *p = r->park;
+    if (p == NULL)
+        return;
+    if (r->wants_head ? !(r->head_ready || r->done || r->cancelled)
+                      : !(r->body.len > 0 || r->done || r->cancelled))
+        return;
     lua_State *co = kl__park_thread(p);
     lua_State *L = r->st->L;
-    stream_ctx c = {r, co, head, 0};
+    stream_ctx c = {r, co, 0};
     int top = lua_gettop(L);
     r->park = NULL;
+    kl__park_set_cancel(p, NULL, NULL);
     if (!lua_checkstack(co, 4) || lua_cpcall(L, stream_push, &c) != 0) {
         lua_settop(L, top);
         c.nres = kl__push_error(co, "ERROR", "%s: out of memory", r->label);
@@ -667,63 +720,37 @@ static void stream_resume(request *r, int head)
     kl__park_resume(p, c.nres);
 }
 
-/* The transfer of a stream ended: keep the outcome for read(). */
+/* The transfer of a stream ended: keep the outcome for the task. */
 static void stream_finish(request *r, CURLcode rc)
 {
-    if (rc != CURLE_OK && r->error == NULL) {
+    if (rc != CURLE_OK) {
         char msg[CURL_ERROR_SIZE + 64];
         const char *code = error_detail(r, rc, msg, sizeof msg);
-        size_t n = strlen(r->label) + strlen(msg) + strlen(code) + 8;
-        r->error = malloc(n);
-        if (r->error != NULL)
-            snprintf(r->error, n, "%s: %s: %s", code, r->label, msg);
-        snprintf(r->err_code, sizeof r->err_code, "%s", code);
-    }
-    if (!r->delivered) {
-        int had_park = r->park != NULL;
-        if (had_park) {
-            kl__park_set_cancel(r->park, NULL, NULL);
-            stream_resume(r, 1); /* sets ud unless out of memory */
-        }
-        stream_end(r);
-        if (r->ud == NULL)
-            req_free(r, 0);
-        return;
+        stream_fail(r, code, msg);
     }
     stream_end(r);
     if (r->ud == NULL) { /* collected already: nobody will read */
         req_free(r, 0);
         return;
     }
-    if (r->park != NULL)
-        stream_resume(r, 0);
+    stream_wake(r);
 }
 
-/* After curl returned: resume the stream tasks that have something. */
+/* After curl returned: resume the stream tasks that have what they wait for. */
 static void deliver(http_state *st)
 {
     if (!st->pending)
         return;
     st->pending = 0;
-    for (request *r = st->reqs; r != NULL; r = r->next) {
-        if (!r->stream || r->park == NULL)
-            continue;
-        if (!r->delivered && r->head_ready) {
-            kl__park_set_cancel(r->park, NULL, NULL);
-            stream_resume(r, 1);
-            if (r->ud == NULL)
-                r->abandoned = st->failed = 1; /* out of memory: sweep it */
-        } else if (r->delivered && r->body.len > 0) {
-            kl__park_set_cancel(r->park, NULL, NULL);
-            stream_resume(r, 0);
-        }
-    }
+    for (request *r = st->reqs; r != NULL; r = r->next)
+        if (r->stream && r->park != NULL)
+            stream_wake(r);
 }
 
 /* The transfer ended: queue the task's resumption and free the request. */
 static void finish(request *r, CURLcode rc)
 {
-    if (r->stream && (r->delivered || r->head_ready || rc == CURLE_OK)) {
+    if (r->stream) {
         stream_finish(r, rc);
         return;
     }
@@ -878,10 +905,10 @@ static request *check_stream(lua_State *L)
     return *u;
 }
 
-static void read_cancel(void *ud)
+static void park_cancel(void *ud)
 {
     request *r = ud;
-    r->park = NULL; /* the transfer goes on; the userdata's __gc ends it */
+    r->park = NULL; /* the transfer goes on; close() or __gc ends it */
 }
 
 /* Let a paused transfer go on once the queue was taken. curl may hand over
@@ -896,30 +923,49 @@ static void stream_unpause(request *r)
     uv_timer_start(&r->st->timer, on_timeout, 0, 0);
 }
 
-/* stream:read() -> bytes | nil (the end) | nil, "CODE: METHOD url: msg", "CODE"
+/* Return what `push` has for the caller, or park it until it is there. */
+static int stream_wait(lua_State *L, request *r, int head)
+{
+    if (r->park != NULL)
+        return luaL_error(L, "kubelua.http: another task is already waiting on this stream");
+    int n = head ? push_head(L, r) : push_read(L, r);
+    if (n < 0 && !head) {
+        stream_unpause(r); /* the queue is empty: let data come */
+        n = push_read(L, r);
+    }
+    if (n >= 0) {
+        if (!head)
+            stream_unpause(r);
+        return n;
+    }
+    kl_park *p = kl__park_new(L);
+    r->park = p;
+    r->wants_head = head;
+    kl__park_set_cancel(p, park_cancel, r);
+    return kl__park_yield(L, p);
+}
+
+/* s:response() -> resp (no body) | nil, "CODE: METHOD url: msg", "CODE"
+ * Parks until the final response's headers are in. */
+static int l_stream_response(lua_State *L)
+{
+    request *r = check_stream(L);
+    if (r == NULL)
+        return kl__push_error(L, "CANCELLED", "the stream was closed");
+    return stream_wait(L, r, 1);
+}
+
+/* s:read() -> bytes | nil (the end) | nil, "CODE: METHOD url: msg", "CODE"
  * Returns every byte queued since the last read; parks while there is none. */
 static int l_stream_read(lua_State *L)
 {
     request *r = check_stream(L);
     if (r == NULL)
         return kl__push_error(L, "CANCELLED", "the stream was closed");
-    if (r->park != NULL)
-        return luaL_error(L, "kubelua.http: another task is already reading this stream");
-    if (r->body.len == 0 && !r->done && !r->cancelled) {
-        stream_unpause(r);
-        if (r->body.len == 0) {
-            kl_park *p = kl__park_new(L);
-            r->park = p;
-            kl__park_set_cancel(p, read_cancel, r);
-            return kl__park_yield(L, p);
-        }
-    }
-    int n = push_read(L, r);
-    stream_unpause(r);
-    return n;
+    return stream_wait(L, r, 0);
 }
 
-/* stream:close(): end the transfer now; a task parked in read() gets
+/* s:close(): end the transfer now; a task parked on the stream gets
  * nil, "CANCELLED: ...". Closing twice is fine. */
 static int l_stream_close(lua_State *L)
 {
@@ -929,17 +975,11 @@ static int l_stream_close(lua_State *L)
     stream_end(r);
     r->cancelled = 1;
     r->body.len = 0;
-    if (r->park != NULL) {
-        kl_park *p = r->park;
-        r->park = NULL;
-        kl__park_set_cancel(p, NULL, NULL);
-        lua_State *co = kl__park_thread(p);
-        kl__park_resume(p, kl__push_error(co, "CANCELLED", "%s: the stream was closed", r->label));
-    }
+    stream_wake(r);
     return 0;
 }
 
-/* stream:done() -> whether the transfer ended (the rest may still be queued). */
+/* s:done() -> whether the transfer ended (queued bytes may remain). */
 static int l_stream_done(lua_State *L)
 {
     request *r = check_stream(L);
@@ -1051,7 +1091,7 @@ typedef struct {
     const char *url, *method, *body, *ca_file, *cert_file, *key_file, *unix_socket, *proxy;
     size_t body_len;
     double timeout, connect_timeout, max_body, max_redirects; /* < 0: not given */
-    int truncate, follow, verify_tls, keepalive, stream;
+    int truncate, follow, verify_tls, keepalive;
     int headers; /* stack index of the header line array, 0 if none */
     int nheaders;
 } req_opts;
@@ -1147,9 +1187,6 @@ static void read_opts(lua_State *L, int t, req_opts *o)
     o->follow = opt_bool(L, t, "follow_redirects", 0);
     o->verify_tls = opt_bool(L, t, "verify_tls", 1);
     o->keepalive = opt_bool(L, t, "keepalive", 1);
-    o->stream = opt_bool(L, t, "stream", 0);
-    if (o->stream && o->truncate)
-        luaL_error(L, "kubelua.http: option 'truncate' is not allowed with 'stream'");
     opt_get(L, t, "headers");
     if (lua_istable(L, -1)) {
         o->headers = lua_gettop(L); /* left on the stack for setup() */
@@ -1232,7 +1269,7 @@ static CURLcode setup(lua_State *L, request *r, const req_opts *o)
         SET(CURLOPT_SSLKEY, o->key_file);
     if (o->unix_socket != NULL)
         SET(CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
-    if (o->stream)
+    if (r->stream)
         SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L); /* a proxy's reply is not ours */
     if (!o->keepalive) {
         SET(CURLOPT_FRESH_CONNECT, 1L);
@@ -1282,8 +1319,6 @@ static int l_request(lua_State *L)
     r->co = L;
     r->max_body = o.max_body >= 0 && o.max_body < (double)SIZE_MAX ? (size_t)o.max_body : SIZE_MAX;
     r->truncate = o.truncate;
-    r->stream = o.stream;
-    r->follow = o.follow;
     r->label = make_label(o.method, o.url);
     r->easy = curl_easy_init();
     if (r->label == NULL || r->easy == NULL)
@@ -1306,6 +1341,57 @@ static int l_request(lua_State *L)
     return kl__park_yield(L, p);
 }
 
+/* open(opts) -> stream: the request starts on the next loop turn, and its
+ * response and body are taken with s:response() and s:read(). Never parks;
+ * a failure to start is what s:response() returns. */
+static int l_open(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    req_opts o;
+    read_opts(L, 1, &o);
+    http_state *st = get_state(L);
+    request **u = lua_newuserdata(L, sizeof *u); /* first: nothing to leak if it throws */
+    int self = lua_gettop(L);
+    *u = NULL;
+    luaL_getmetatable(L, STREAM_MT);
+    lua_setmetatable(L, -2);
+    request *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return luaL_error(L, "kubelua.http: out of memory");
+    r->st = st;
+    r->stream = 1;
+    r->follow = o.follow;
+    r->max_body = o.max_body >= 0 && o.max_body < (double)SIZE_MAX ? (size_t)o.max_body : SIZE_MAX;
+    r->label = make_label(o.method, o.url);
+    r->easy = curl_easy_init();
+    *u = r;
+    r->ud = u;
+    CURLcode rc = CURLE_OUT_OF_MEMORY;
+    CURLMcode mc = CURLM_OK;
+    if (r->label == NULL || r->easy == NULL || (rc = setup(L, r, &o)) != CURLE_OK ||
+        (mc = curl_multi_add_handle(st->multi, r->easy)) != CURLM_OK) {
+        if (r->label == NULL || r->easy == NULL)
+            stream_fail(r, "ERROR", "out of memory");
+        else if (rc != CURLE_OK)
+            stream_fail(r, code_name(rc), curl_easy_strerror(rc));
+        else
+            stream_fail(r, "ERROR", curl_multi_strerror(mc));
+        curl_easy_cleanup(r->easy);
+        r->easy = NULL;
+        r->done = 1;
+        lua_pushvalue(L, self);
+        return 1;
+    }
+    r->next = st->reqs;
+    if (st->reqs != NULL)
+        st->reqs->prev = r;
+    st->reqs = r;
+    if (st->running++ == 0)
+        set_refs(st, 1);
+    lua_pushvalue(L, self);
+    return 1;
+}
+
 /* code_name(curlcode) -> the short name a CURLcode maps to */
 static int l_code_name(lua_State *L)
 {
@@ -1326,8 +1412,11 @@ int luaopen_kubelua_http_core(lua_State *L)
     lua_pushcfunction(L, state_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    static const luaL_Reg stream_methods[] = {
-        {"read", l_stream_read}, {"close", l_stream_close}, {"done", l_stream_done}, {0, 0}};
+    static const luaL_Reg stream_methods[] = {{"response", l_stream_response},
+                                              {"read", l_stream_read},
+                                              {"close", l_stream_close},
+                                              {"done", l_stream_done},
+                                              {0, 0}};
     luaL_newmetatable(L, STREAM_MT);
     lua_pushcfunction(L, l_stream_gc);
     lua_setfield(L, -2, "__gc");
@@ -1335,8 +1424,11 @@ int luaopen_kubelua_http_core(lua_State *L)
     luaL_setfuncs(L, stream_methods, 0);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {
-        {"request", l_request}, {"code_name", l_code_name}, {"version", l_version}, {0, 0}};
+    static const luaL_Reg fns[] = {{"request", l_request},
+                                   {"open", l_open},
+                                   {"code_name", l_code_name},
+                                   {"version", l_version},
+                                   {0, 0}};
     luaL_newlib(L, fns);
     return 1;
 }

@@ -25,8 +25,13 @@ PACKAGES=(
     # container runtime used by the integration tests
     containerd runc busybox-static
     # helpers used by tests
-    python3 python3-h2 python3-grpcio tmux iproute2
+    python3 python3-h2 python3-grpcio tmux iproute2 openssl
+    # JSON for the Kubernetes API client
+    lua-cjson
 )
+# kubectl checks the fake API server; any kubectl will do (the machine image
+# may bring Google's package, which conflicts with Debian's over the path).
+command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)
 
 # Collect the packages dpkg does not report as fully installed.  Asking for
 # all of them in a single dpkg-query keeps the all-present case fast.  For a

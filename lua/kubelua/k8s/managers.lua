@@ -1,0 +1,566 @@
+-- kubelua.k8s.managers: the ConfigMaps and Secrets the node's pods use, as
+-- kubelet's configmap and secret managers keep them (pkg/kubelet/configmap,
+-- pkg/kubelet/secret over pkg/kubelet/util/manager), over kubelua.k8s.
+--
+--   local managers = require "kubelua.k8s.managers"
+--   local m = managers.new(api, { strategy = "Watch" })    -- or "Cache", "Get"
+--   m:register_pod(pod)                 -- when a pod is added or updated
+--   local cm, err, code = m:get_configmap("default", "settings")
+--   local sec, err, code = m:get_secret("default", "db-password")
+--   m:unregister_pod(pod)               -- when it is gone
+--   m:stop()                            -- at shutdown: ends every watch
+--
+-- The strategy is kubelet's configMapAndSecretChangeDetectionStrategy:
+--   "Get"    every get asks the API server; register/unregister do nothing.
+--   "Cache"  objects referenced by registered pods are cached for a TTL:
+--            `ttl` seconds (60, kubelet's default), or what get_ttl()
+--            returns (kubelet reads the node's node.alpha.kubernetes.io/ttl
+--            annotation: managers.node_ttl(node) does that). Registering a
+--            pod invalidates its objects, so the next get fetches them. A
+--            refresh of an object fetched before reads from the API
+--            server's cache (resourceVersion "0"); a fetch answering with an
+--            older version than the one held is ignored; "not found" is
+--            cached like an object; when a fetch fails otherwise, the last
+--            good object is served, and with none the error is returned.
+--   "Watch"  (kubelet's default) one watch per referenced object
+--            (fieldSelector metadata.name=NAME in its namespace), started
+--            when a pod first references it and stopped when no registered
+--            pod does. A get waits up to `sync_timeout` (1 s) for the
+--            watch's first list, then answers from its store. An immutable
+--            object (immutable: true) is not watched any more once seen. A
+--            watch nobody asked about for `max_idle` seconds (300: 5 times
+--            kubelet's 1 min sync period) is stopped, and started again by
+--            the next get (checked every `recycle_period`, 60 s).
+-- A get for an object no registered pod references (Cache, Watch) fails
+-- with NOT_REGISTERED. Which objects a pod references: managers.configmap_names
+-- and managers.secret_names (volumes, projected volumes, env and envFrom of
+-- every container, image pull secrets, the secretRefs of volume plugins).
+--
+-- Errors are nil, "CODE: <kind> \"ns\"/\"name\": ...", CODE: NOT_REGISTERED,
+-- NOT_FOUND, TIMEOUT (Watch: not synced in time), or the client's codes.
+-- Messages name objects only: secret data is never logged or quoted (the
+-- watches on secrets withhold event lines too).
+local core = require "kubelua.core"
+local k8s = require "kubelua.k8s"
+
+local M = {}
+
+M.defaults = {
+  strategy = "Watch",
+  ttl = 60,
+  sync_timeout = 1,
+  max_idle = 300,
+  recycle_period = 60,
+}
+
+M.TTL_ANNOTATION = "node.alpha.kubernetes.io/ttl"
+
+-- node_ttl(node) -> seconds from the node's TTL annotation, or nil
+function M.node_ttl(node)
+  local a = type(node) == "table" and type(node.metadata) == "table" and node.metadata.annotations
+  local v = type(a) == "table" and a[M.TTL_ANNOTATION] or nil
+  local n = type(v) == "string" and v:match("^%d+$") and tonumber(v) or nil
+  return n
+end
+
+-- ------------------------------------------------------------ references
+
+local function containers(pod)
+  local spec = type(pod.spec) == "table" and pod.spec or {}
+  local out = {}
+  for _, field in ipairs { "initContainers", "containers", "ephemeralContainers" } do
+    for _, c in ipairs(type(spec[field]) == "table" and spec[field] or {}) do
+      if type(c) == "table" then
+        out[#out + 1] = c
+      end
+    end
+  end
+  return out
+end
+
+local function add(set, name)
+  if type(name) == "string" and name ~= "" then
+    set[name] = true
+  end
+end
+
+local function sorted(set)
+  local out = {}
+  for k in pairs(set) do
+    out[#out + 1] = k
+  end
+  table.sort(out)
+  return out
+end
+
+local function field(t, ...)
+  for i = 1, select("#", ...) do
+    if type(t) ~= "table" then
+      return nil
+    end
+    t = t[select(i, ...)]
+  end
+  return t
+end
+
+-- configmap_names(pod) -> sorted names of the ConfigMaps the pod references
+function M.configmap_names(pod)
+  local set = {}
+  for _, c in ipairs(containers(pod)) do
+    for _, e in ipairs(type(c.env) == "table" and c.env or {}) do
+      add(set, field(e, "valueFrom", "configMapKeyRef", "name"))
+    end
+    for _, e in ipairs(type(c.envFrom) == "table" and c.envFrom or {}) do
+      add(set, field(e, "configMapRef", "name"))
+    end
+  end
+  for _, v in ipairs(field(pod, "spec", "volumes") or {}) do
+    add(set, field(v, "configMap", "name"))
+    for _, src in ipairs(field(v, "projected", "sources") or {}) do
+      add(set, field(src, "configMap", "name"))
+    end
+  end
+  return sorted(set)
+end
+
+-- secret_names(pod) -> sorted names of the Secrets the pod references
+function M.secret_names(pod)
+  local set = {}
+  for _, s in ipairs(field(pod, "spec", "imagePullSecrets") or {}) do
+    add(set, field(s, "name"))
+  end
+  for _, c in ipairs(containers(pod)) do
+    for _, e in ipairs(type(c.env) == "table" and c.env or {}) do
+      add(set, field(e, "valueFrom", "secretKeyRef", "name"))
+    end
+    for _, e in ipairs(type(c.envFrom) == "table" and c.envFrom or {}) do
+      add(set, field(e, "secretRef", "name"))
+    end
+  end
+  for _, v in ipairs(field(pod, "spec", "volumes") or {}) do
+    add(set, field(v, "secret", "secretName"))
+    add(set, field(v, "azureFile", "secretName"))
+    add(set, field(v, "csi", "nodePublishSecretRef", "name"))
+    for _, plugin in ipairs { "cephfs", "cinder", "flexVolume", "rbd", "scaleIO", "iscsi", "storageos" } do
+      add(set, field(v, plugin, "secretRef", "name"))
+    end
+    for _, src in ipairs(field(v, "projected", "sources") or {}) do
+      add(set, field(src, "secret", "name"))
+    end
+  end
+  return sorted(set)
+end
+
+-- ------------------------------------------------------------- the stores
+
+local function fail(kind, ns, name, code, msg)
+  return nil, string.format('%s: %s "%s"/"%s": %s', code, kind, ns, name, msg), code
+end
+
+-- Is resourceVersion a older than b? (decimal strings; unknown: no)
+local function older(a, b)
+  if type(a) ~= "string" or type(b) ~= "string" or not a:find("^%d+$") or not b:find("^%d+$") then
+    return false
+  end
+  if #a ~= #b then
+    return #a < #b
+  end
+  return a < b
+end
+
+local function rv_of(obj)
+  return type(obj) == "table" and type(obj.metadata) == "table" and obj.metadata.resourceVersion or nil
+end
+
+-- Run fn once for concurrent callers of the same item: the others wait for
+-- its results.
+local function shared(item, fn)
+  if item.inflight then
+    local wk = core.waker()
+    table.insert(item.inflight, wk)
+    wk:wait()
+    return unpack(item.shared_result, 1, 3)
+  end
+  item.inflight = {}
+  local res = { fn() }
+  local waiting = item.inflight
+  item.inflight = nil
+  item.shared_result = res
+  for _, wk in ipairs(waiting) do
+    wk:wake()
+  end
+  return unpack(res, 1, 3)
+end
+
+-- "Cache": TTL-based, as kubelet's objectStore.
+local function ttl_store(self)
+  local store = { items = {} }
+  function store.add(ns, name)
+    local key = ns .. "/" .. name
+    local item = store.items[key] or { refs = 0 }
+    store.items[key] = item
+    item.refs = item.refs + 1
+    item.data = nil -- the next get fetches
+  end
+  function store.delete(ns, name)
+    local key = ns .. "/" .. name
+    local item = store.items[key]
+    if item then
+      item.refs = item.refs - 1
+      if item.refs <= 0 then
+        store.items[key] = nil
+      end
+    end
+  end
+  local function fresh(data)
+    local ttl = self.opts.get_ttl and self.opts.get_ttl() or nil
+    return core.monotime() < data.updated + (ttl or self.ttl)
+  end
+  function store.get(ns, name)
+    local item = store.items[ns .. "/" .. name]
+    if not item then
+      return fail(self.kind, ns, name, "NOT_REGISTERED", "not registered")
+    end
+    return shared(item, function()
+      local data = item.data
+      if data and not data.err and fresh(data) then
+        return data.obj
+      end
+      -- A periodic refresh of what was fetched fine may come from the API
+      -- server's cache.
+      local opts = (data and data.obj and not data.err) and { resourceVersion = "0" } or nil
+      local obj, err, code = self.client:get(k8s.path(self.resource, ns, name), opts)
+      self.stats.fetches = self.stats.fetches + 1
+      if not obj and code ~= "NOT_FOUND" and not (data and (data.obj or data.err)) then
+        return nil, err, code -- nothing cached to fall back on
+      end
+      if (obj and not (data and older(rv_of(obj), rv_of(data.obj)))) or code == "NOT_FOUND" then
+        data = { obj = obj, err = not obj and { err, code } or nil, updated = core.monotime() }
+        if store.items[ns .. "/" .. name] == item then
+          item.data = data
+        end
+      end
+      if data.err then
+        return nil, data.err[1], data.err[2]
+      end
+      return data.obj
+    end)
+  end
+  function store.stop()
+  end
+  return store
+end
+
+-- "Watch": one watch per object, as kubelet's objectCache.
+local function watch_store(self)
+  local store = { items = {}, retired = {} }
+  -- A cancelled watch, kept until its task has finished (stop() waits for
+  -- the ones still running).
+  local function retire(w)
+    local keep = {}
+    for _, old in ipairs(store.retired) do
+      if old.running then
+        keep[#keep + 1] = old
+      end
+    end
+    keep[#keep + 1] = w
+    store.retired = keep
+  end
+  local function start_watch(item)
+    item.watch = self.client:watch(k8s.path(self.resource, item.ns), {
+      fieldSelector = "metadata.name=" .. item.name,
+      backoff = self.opts.watch_backoff,
+      log = self.opts.log,
+    })
+    item.stopped = false
+    self.stats.watches_started = self.stats.watches_started + 1
+  end
+  local function stop_watch(item)
+    if not item.stopped then
+      item.stopped = true
+      item.watch:cancel()
+    end
+  end
+  local function recycle()
+    local now = core.monotime()
+    for _, item in pairs(store.items) do
+      if not item.stopped and item.watch:synced() and now - item.last_access > self.max_idle then
+        stop_watch(item)
+        self.stats.watches_idled = self.stats.watches_idled + 1
+      end
+    end
+  end
+  local function ensure_recycler()
+    if store.recycler then
+      return
+    end
+    local r = { stopped = false }
+    store.recycler = r
+    core.spawn(function()
+      r.co = coroutine.running()
+      local next_at = core.monotime() + self.recycle_period
+      while not r.stopped do
+        if core.monotime() >= next_at then
+          recycle()
+          next_at = core.monotime() + self.recycle_period
+        end
+        core.sleep(math.min(0.05, math.max(0, next_at - core.monotime())))
+      end
+      r.done = true
+      if r.joiner then
+        r.joiner:wake()
+      end
+    end)
+  end
+  function store.add(ns, name)
+    local key = ns .. "/" .. name
+    local item = store.items[key]
+    if not item then
+      item = { refs = 0, ns = ns, name = name, last_access = core.monotime() }
+      store.items[key] = item
+      start_watch(item)
+      ensure_recycler()
+    end
+    item.refs = item.refs + 1
+  end
+  function store.delete(ns, name)
+    local key = ns .. "/" .. name
+    local item = store.items[key]
+    if item then
+      item.refs = item.refs - 1
+      if item.refs <= 0 then
+        stop_watch(item)
+        store.items[key] = nil
+        retire(item.watch)
+      end
+    end
+  end
+  function store.get(ns, name)
+    local item = store.items[ns .. "/" .. name]
+    if not item then
+      return fail(self.kind, ns, name, "NOT_REGISTERED", "not registered")
+    end
+    item.last_access = core.monotime() -- even if this get fails
+    if item.stopped and not item.immutable then
+      retire(item.watch)
+      start_watch(item)
+    end
+    local w = item.watch
+    local deadline = core.monotime() + self.sync_timeout
+    while not w:synced() do
+      if core.monotime() >= deadline then
+        return fail(self.kind, ns, name, "TIMEOUT", string.format(
+          "failed to sync the %s cache within %g s%s", self.resource, self.sync_timeout,
+          w.last_error and (" (last error: " .. w.last_error .. ")") or ""))
+      end
+      core.sleep(0.01)
+    end
+    local obj = w:get(ns, name)
+    if not obj then
+      return fail(self.kind, ns, name, "NOT_FOUND", string.format('%s "%s" not found', self.resource, name))
+    end
+    if obj.immutable == true and not item.immutable then
+      item.immutable = true
+      stop_watch(item) -- its store keeps the object
+    end
+    return obj
+  end
+  function store.stop()
+    local all = store.retired
+    store.retired = {}
+    for _, item in pairs(store.items) do
+      stop_watch(item)
+      all[#all + 1] = item.watch
+    end
+    for _, w in ipairs(all) do
+      w:stop() -- waits for its task
+    end
+    local r = store.recycler
+    if r and not r.done then
+      r.stopped = true
+      if coroutine.running() ~= r.co then
+        r.joiner = core.waker()
+        r.joiner:wait()
+      end
+    end
+    store.recycler = nil
+  end
+  return store
+end
+
+-- "Get": no store at all.
+local function get_store(self)
+  local store = {}
+  function store.add()
+  end
+  function store.delete()
+  end
+  function store.get(ns, name)
+    self.stats.fetches = self.stats.fetches + 1
+    return self.client:get(k8s.path(self.resource, ns, name))
+  end
+  function store.stop()
+  end
+  return store
+end
+
+-- -------------------------------------------------------------- managers
+
+local Manager = {}
+Manager.__index = Manager
+
+local OPTIONS = {
+  strategy = "string", ttl = "number", get_ttl = "function", sync_timeout = "number",
+  max_idle = "number", recycle_period = "number", watch_backoff = "table", log = "boolean",
+}
+
+local function check(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("kubelua.k8s.managers: options must be a table, got " .. type(opts), 3)
+  end
+  for k, v in pairs(opts) do
+    if not OPTIONS[k] then
+      error("kubelua.k8s.managers: unknown option '" .. tostring(k) .. "'", 3)
+    end
+    if type(v) ~= OPTIONS[k] then
+      error(string.format("kubelua.k8s.managers: option '%s' must be a %s, got %s", k, OPTIONS[k], type(v)), 3)
+    end
+  end
+  local s = (opts.strategy or M.defaults.strategy):lower()
+  if s ~= "get" and s ~= "cache" and s ~= "watch" then
+    error("kubelua.k8s.managers: option 'strategy' must be Get, Cache or Watch, got " ..
+      tostring(opts.strategy), 3)
+  end
+  return opts, s
+end
+
+-- A manager of one kind of object. spec: { kind =, resource =, names = fn(pod) }
+local function new_manager(client, spec, opts)
+  local o, strategy = check(opts)
+  local self = setmetatable({
+    client = client,
+    kind = spec.kind,
+    resource = spec.resource,
+    names = spec.names,
+    opts = o,
+    strategy = strategy,
+    ttl = o.ttl or M.defaults.ttl,
+    sync_timeout = o.sync_timeout or M.defaults.sync_timeout,
+    max_idle = o.max_idle or M.defaults.max_idle,
+    recycle_period = o.recycle_period or M.defaults.recycle_period,
+    pods = {}, -- "ns/name/uid" -> the registered pod
+    stats = { fetches = 0, watches_started = 0, watches_idled = 0 },
+  }, Manager)
+  local make = ({ get = get_store, cache = ttl_store, watch = watch_store })[strategy]
+  self.store = make(self)
+  return self
+end
+
+local function pod_key(pod)
+  local m = type(pod) == "table" and pod.metadata
+  if type(m) ~= "table" or type(m.name) ~= "string" then
+    error("kubelua.k8s.managers: a pod needs metadata.name", 3)
+  end
+  return string.format("%s/%s/%s", tostring(m.namespace or ""), m.name, tostring(m.uid or "")),
+      m.namespace or ""
+end
+
+-- register_pod(pod): take in the objects the pod references (again: an
+-- updated pod adds its new references and drops the ones it lost).
+function Manager:register_pod(pod)
+  local key, ns = pod_key(pod)
+  local prev = self.pods[key]
+  self.pods[key] = pod
+  local names = self.names(pod)
+  if not prev then
+    for _, n in ipairs(names) do
+      self.store.add(ns, n)
+    end
+    return
+  end
+  local had, has = {}, {}
+  for _, n in ipairs(self.names(prev)) do
+    had[n] = true
+  end
+  for _, n in ipairs(names) do
+    has[n] = true
+    if not had[n] then
+      self.store.add(ns, n)
+    end
+  end
+  for n in pairs(had) do
+    if not has[n] then
+      self.store.delete(ns, n)
+    end
+  end
+end
+
+-- unregister_pod(pod): drop the pod's references.
+function Manager:unregister_pod(pod)
+  local key = pod_key(pod)
+  local prev = self.pods[key]
+  self.pods[key] = nil
+  if prev then
+    local _, ns = pod_key(prev)
+    for _, n in ipairs(self.names(prev)) do
+      self.store.delete(ns, n)
+    end
+  end
+end
+
+-- get(namespace, name) -> object | nil, err, code
+function Manager:get(ns, name)
+  if type(ns) ~= "string" or type(name) ~= "string" then
+    error("kubelua.k8s.managers: get expects a namespace and a name (strings)", 2)
+  end
+  return self.store.get(ns, name)
+end
+
+-- stop(): end every watch (Watch); returns once their tasks have finished.
+function Manager:stop()
+  self.store.stop()
+end
+
+-- configmaps(client, opts) / secrets(client, opts) -> a manager of one kind
+function M.configmaps(client, opts)
+  return new_manager(client, { kind = "configmap", resource = "configmaps", names = M.configmap_names }, opts)
+end
+
+function M.secrets(client, opts)
+  return new_manager(client, { kind = "secret", resource = "secrets", names = M.secret_names }, opts)
+end
+
+local Both = {}
+Both.__index = Both
+
+-- new(client, opts) -> both managers behind one object (opts apply to both)
+function M.new(client, opts)
+  check(opts)
+  return setmetatable({ configmaps = M.configmaps(client, opts), secrets = M.secrets(client, opts) }, Both)
+end
+
+function Both:register_pod(pod)
+  self.configmaps:register_pod(pod)
+  self.secrets:register_pod(pod)
+end
+
+function Both:unregister_pod(pod)
+  self.configmaps:unregister_pod(pod)
+  self.secrets:unregister_pod(pod)
+end
+
+function Both:get_configmap(ns, name)
+  return self.configmaps:get(ns, name)
+end
+
+function Both:get_secret(ns, name)
+  return self.secrets:get(ns, name)
+end
+
+function Both:stop()
+  self.configmaps:stop()
+  self.secrets:stop()
+end
+
+return M

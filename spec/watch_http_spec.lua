@@ -1,0 +1,266 @@
+-- kubelua.watch.http (the URL poller) against a real HTTP server on
+-- 127.0.0.1: tests/support/poll_server.py, whose documents the tests set.
+local t = require "spec.t"
+local S = require "spec.support"
+local http_watch = require "kubelua.watch.http"
+local http = require "kubelua.http"
+local json = require "kubelua.k8s.json"
+local core = require "kubelua.core"
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+local server = assert(io.popen(string.format("exec /usr/bin/python3 '%s/../tests/support/poll_server.py'", here)))
+local line = server:read("*l")
+local PORT, PID = (line or ""):match("^(%d+) (%d+)$")
+assert(PORT, "the test server did not start (got " .. tostring(line) .. ")")
+local BASE = "http://127.0.0.1:" .. PORT
+
+local N = 0
+-- A fresh document name with the given state.
+local function doc(state)
+  N = N + 1
+  local name = "d" .. N
+  if state then
+    assert(http.request { url = BASE .. "/_set/" .. name, method = "POST", body = assert(json.encode(state)) })
+  end
+  return name, BASE .. "/doc/" .. name
+end
+
+local function set(name, state)
+  assert(http.request { url = BASE .. "/_set/" .. name, method = "POST", body = assert(json.encode(state)) })
+end
+
+local function hits(name)
+  return assert(json.decode(assert(http.get(BASE .. "/_hits/" .. name)).body))
+end
+
+local function wait_until(pred, secs, what)
+  t.ok(S.wait_for(pred, secs or 5, 0.01), what or "condition not reached in time")
+end
+
+local POLLERS = {}
+local function start(opts)
+  local rec = { changes = {}, errors = {} }
+  opts.on_change = opts.on_change or function(body, resp)
+    rec.changes[#rec.changes + 1] = { body = body, status = resp.status, resp = resp }
+  end
+  opts.on_error = opts.on_error or function(err, code)
+    rec.errors[#rec.errors + 1] = { err, code }
+  end
+  if opts.log == nil then
+    opts.log = false
+  end
+  local p = http_watch.start(opts)
+  POLLERS[#POLLERS + 1] = p
+  return p, rec
+end
+
+t.describe("poller", function()
+  t.after_each(function()
+    for _, p in ipairs(POLLERS) do
+      p:stop()
+    end
+    POLLERS = {}
+  end)
+  t.it("reports the content at once, then only when it changes", function()
+    local name, url = doc { status = 200, body = "v1" }
+    local p, rec = start { url = url, period = 0.05 }
+    wait_until(function()
+      return #rec.changes == 1
+    end)
+    t.eq(rec.changes[1].body, "v1")
+    t.eq(rec.changes[1].status, 200)
+    t.eq(rec.changes[1].resp.body, nil, "the body is the first argument")
+    wait_until(function()
+      return hits(name).hits >= 5
+    end)
+    t.eq(#rec.changes, 1, "no change, no report")
+    t.ok(p.stats.unchanged >= 3)
+    set(name, { body = "v2" })
+    wait_until(function()
+      return #rec.changes == 2
+    end)
+    t.eq(rec.changes[2].body, "v2")
+    local h = hits(name).hits
+    wait_until(function()
+      return hits(name).hits >= h + 3
+    end)
+    t.eq(#rec.changes, 2)
+    t.eq(rec.errors, {})
+  end)
+  t.it("sends the headers; waits `period` between polls", function()
+    local name, url = doc { status = 200, body = "x" }
+    start { url = url, period = 0.2, headers = { ["X-Node"] = "node-1" } }
+    wait_until(function()
+      return hits(name).hits >= 3
+    end)
+    local h = hits(name)
+    t.eq(h.headers["X-Node"], "node-1")
+    t.match(h.headers["User-Agent"], "^kubelua/")
+    for i = 2, #h.times do
+      t.ok(h.times[i] - h.times[i - 1] >= 0.19, string.format("polls %.3f s apart", h.times[i] - h.times[i - 1]))
+    end
+  end)
+  t.it("a 404 is an error naming the URL and status; the poller goes on", function()
+    local name, url = doc { status = 404, body = "gone" }
+    local _, rec = start { url = url, period = 0.05 }
+    wait_until(function()
+      return #rec.errors >= 2
+    end)
+    t.eq(rec.errors[1], { "HTTP_STATUS: GET " .. url .. ": 404", "HTTP_STATUS" })
+    t.eq(#rec.changes, 0)
+    set(name, { status = 200, body = "back" })
+    wait_until(function()
+      return #rec.changes == 1
+    end)
+    t.eq(rec.changes[1].body, "back")
+  end)
+  t.it("a timeout is an error; the poller goes on", function()
+    local name, url = doc { status = 200, body = "slow", delay = 2 }
+    local _, rec = start { url = url, period = 0.05, timeout = 0.3 }
+    local t0 = core.monotime()
+    wait_until(function()
+      return #rec.errors >= 1
+    end)
+    t.ok(core.monotime() - t0 < 1, "timed out after about 0.3 s")
+    t.eq(rec.errors[1][2], "TIMEOUT")
+    t.match(rec.errors[1][1], "^TIMEOUT: GET " .. url:gsub("%p", "%%%0") .. ": ")
+    set(name, { delay = 0 })
+    wait_until(function()
+      return #rec.changes == 1
+    end)
+    t.eq(rec.changes[1].body, "slow")
+  end)
+  t.it("a body over max_body is an error (10 MiB by default); the last good content stays", function()
+    local name, url = doc { status = 200, body = "small" }
+    local _, rec = start { url = url, period = 0.05 }
+    wait_until(function()
+      return #rec.changes == 1
+    end)
+    set(name, { size = 10 * 1024 * 1024 + 1 })
+    wait_until(function()
+      return #rec.errors >= 1
+    end)
+    t.eq(rec.errors[1], { "TOO_LARGE: GET " .. url .. ": response body exceeds max_body (10485760 bytes)", "TOO_LARGE" })
+    set(name, { size = 10 * 1024 * 1024 })
+    wait_until(function()
+      return #rec.changes == 2
+    end)
+    t.eq(#rec.changes[2].body, 10 * 1024 * 1024, "exactly max_body is accepted")
+    set(name, { body = "small" })
+    wait_until(function()
+      return #rec.changes == 3
+    end)
+    local _, rec2 = start { url = url, period = 0.05, max_body = 3 }
+    wait_until(function()
+      return #rec2.errors >= 1
+    end)
+    t.eq(rec2.errors[1][2], "TOO_LARGE")
+  end)
+  t.it("an error in between does not make the same content a change", function()
+    local name, url = doc { status = 200, body = "same" }
+    local _, rec = start { url = url, period = 0.05 }
+    wait_until(function()
+      return #rec.changes == 1
+    end)
+    set(name, { status = 500 })
+    wait_until(function()
+      return #rec.errors >= 1
+    end)
+    set(name, { status = 200 })
+    local h = hits(name).hits
+    wait_until(function()
+      return hits(name).hits >= h + 3
+    end)
+    t.eq(#rec.changes, 1)
+  end)
+  t.it("an empty body: an EMPTY error every time, and one change to \"\"", function()
+    local name, url = doc { status = 200, body = "full" }
+    local _, rec = start { url = url, period = 0.05 }
+    wait_until(function()
+      return #rec.changes == 1
+    end)
+    set(name, { body = "" })
+    wait_until(function()
+      return #rec.errors >= 3
+    end)
+    t.eq(rec.errors[1], { "EMPTY: GET " .. url .. ": zero-length data received", "EMPTY" })
+    t.eq(#rec.changes, 2)
+    t.eq(rec.changes[2].body, "")
+  end)
+  t.it("a server that is not there: CONNECT errors, then it works once it is", function()
+    local closed = S.sh("/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); print(s.getsockname()[1])'")
+    local _, rec = start { url = "http://user:pw@127.0.0.1:" .. closed .. "/x", period = 0.05 }
+    wait_until(function()
+      return #rec.errors >= 2
+    end)
+    t.eq(rec.errors[1][2], "CONNECT")
+    t.match(rec.errors[1][1], "^CONNECT: GET http://%*%*%*@127%.0%.0%.1:" .. closed .. "/x: ")
+    t.ok(not rec.errors[1][1]:find("pw", 1, true), "no password in messages")
+  end)
+  t.it("stop() during a slow request returns at once; the server sees the client go", function()
+    local name, url = doc { status = 200, body = "x", delay = 10 }
+    local p = start { url = url, period = 0.05 }
+    wait_until(function()
+      return hits(name).hits == 1
+    end)
+    local t0 = core.monotime()
+    p:stop()
+    t.ok(core.monotime() - t0 < 0.2, "stop took " .. (core.monotime() - t0) .. " s")
+    t.eq(core.parked_count(), 0)
+    t.eq(p.running, false)
+  end)
+  t.it("stop() between polls, and from inside on_change", function()
+    local _, url = doc { status = 200, body = "x" }
+    local p = start { url = url, period = 30 }
+    wait_until(function()
+      return p.stats.polls == 1 and p.stream == nil
+    end)
+    local t0 = core.monotime()
+    p:stop()
+    t.ok(core.monotime() - t0 < 0.2)
+    local q
+    q = start { url = url, period = 0.05, on_change = function()
+      q:stop()
+    end }
+    wait_until(function()
+      return not q.running
+    end)
+    t.eq(q.stats.polls, 1)
+  end)
+  t.it("an error thrown by a callback is logged; the poller goes on", function()
+    local name, url = doc { status = 200, body = "a" }
+    local n = 0
+    start { url = url, period = 0.05, on_change = function()
+      n = n + 1
+      error("policy bug")
+    end }
+    wait_until(function()
+      return n == 1
+    end)
+    set(name, { body = "b" })
+    wait_until(function()
+      return n == 2
+    end)
+  end)
+  t.it("bad options throw, naming the option", function()
+    t.fails(function()
+      http_watch.start { url = BASE, perod = 1 }
+    end, "unknown option 'perod'")
+    t.fails(function()
+      http_watch.start { period = 1 }
+    end, "option 'url' is required")
+    t.fails(function()
+      http_watch.start { url = BASE, period = 0 }
+    end, "option 'period' must be a positive number")
+    t.fails(function()
+      http_watch.start { url = BASE, headers = { ["Bad Name"] = "x" } }
+    end, "not a valid header name")
+  end)
+end)
+
+t.describe("test server", function()
+  t.it("stops", function()
+    os.execute("kill " .. PID)
+    t.ok(server:close() ~= nil)
+  end)
+end)
