@@ -1,6 +1,10 @@
 -- kubelua.main: the command line. src/cli/main.c calls main(argv) in a task.
 local core = require "kubelua.core"
-local pretty = require "kubelua.pretty"
+
+-- kubelua.pretty is loaded on first use: most commands never print a value.
+local function pretty()
+  return require "kubelua.pretty"
+end
 
 local M = {}
 
@@ -10,8 +14,13 @@ usage: kubelua [COMMAND] [ARGS]
   run SCRIPT [ARGS...]   run a Lua script in a task (I/O parks it, never the loop)
   -e CODE                run CODE; values it returns are printed
   repl                   interactive prompt (the default on a terminal)
-  version                print the version
+  version                the runtime's name and versions (--client: kubelua's)
+  --version              kubelua's version
   help                   this text
+
+Runtime commands, with crictl's names and flags (`kubelua NAME --help`):
+  ps pods images inspect inspectp inspecti info version logs exec stats
+  stop rm stopp rmp rmi imagefsinfo events probe
 
 Other commands are Lua modules: `kubelua NAME ARGS` runs kubelua.cli.NAME.
 Environment: CONTAINER_RUNTIME_ENDPOINT, KUBELUA_LUA_PATH.
@@ -19,7 +28,7 @@ Environment: CONTAINER_RUNTIME_ENDPOINT, KUBELUA_LUA_PATH.
 
 local function traceback(e)
   if type(e) ~= "string" then
-    e = pretty.format(e)
+    e = pretty().format(e)
   end
   return debug.traceback(e, 2)
 end
@@ -32,7 +41,7 @@ end
 local function print_results(n, ...)
   for i = 1, n do
     local v = select(i, ...)
-    io.stdout:write(pretty.format(v), "\n")
+    io.stdout:write(pretty().format(v), "\n")
   end
 end
 
@@ -90,7 +99,7 @@ function M.main(argv)
     return M.eval(rest[1])
   elseif cmd == "repl" then
     return require("kubelua.repl").run()
-  elseif cmd == "version" or cmd == "--version" then
+  elseif cmd == "--version" then
     io.stdout:write("kubelua ", core.version, " (", jit and jit.version or _VERSION, ")\n")
     return
   elseif cmd == "help" or cmd == "-h" or cmd == "--help" then

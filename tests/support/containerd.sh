@@ -295,7 +295,7 @@ answers() { # does the daemon answer on our socket?
 # Import the sandbox image unless this instance already has it.  The archive
 # is built once per DIR and kept, so a restart or a second start is cheap.
 ensure_image() {
-    if ctr_ images ls -q 2>/dev/null | grep -qxF "$SANDBOX_IMAGE"; then
+    if ctr_ images ls -q 2>/dev/null | grep -xF "$SANDBOX_IMAGE" >/dev/null; then
         return 0
     fi
     local tarball=$DIR/images/busybox.tar
@@ -304,7 +304,7 @@ ensure_image() {
         bash "$HERE/mkimage.sh" "$tarball" "$SANDBOX_IMAGE" >/dev/null
     fi
     ctr_ images import "$tarball" >/dev/null
-    ctr_ images ls -q | grep -qxF "$SANDBOX_IMAGE" || die "image $SANDBOX_IMAGE missing after import"
+    ctr_ images ls -q | grep -xF "$SANDBOX_IMAGE" >/dev/null || die "image $SANDBOX_IMAGE missing after import"
 }
 
 cmd_start() {
