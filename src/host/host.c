@@ -2,6 +2,7 @@
  * tasks on I/O and resumes them from the loop. */
 #include "host.h"
 
+#include <luajit.h>
 #include <lualib.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -194,6 +195,13 @@ kl_host *kl_host_new(const kl_host_options *opts)
         return NULL;
     }
     luaL_openlibs(h->L);
+    /* KUBELUA_JIT=off runs every script in the interpreter. Debian 12's
+     * LuaJIT (2.1.0-beta3, 2022 snapshot) lacks upstream's later x64 GC64
+     * code-generation fixes; we have seen rare miscompiled traces under
+     * heavy churn (see README, "LuaJIT"). */
+    const char *jit = getenv("KUBELUA_JIT");
+    if (jit != NULL && strcmp(jit, "off") == 0)
+        luaJIT_setmode(h->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
     lua_pushlightuserdata(h->L, h);
     lua_setfield(h->L, LUA_REGISTRYINDEX, HOST_KEY);
     lua_newtable(h->L);
