@@ -25,7 +25,7 @@ PACKAGES=(
     # container runtime used by the integration tests
     containerd runc busybox-static
     # helpers used by tests
-    python3 python3-h2 python3-grpcio tmux iproute2 openssl nginx-light curl
+    python3 python3-h2 python3-grpcio python3-yaml tmux iproute2 openssl nginx-light curl
     # JSON for the Kubernetes API client
     lua-cjson
 )
