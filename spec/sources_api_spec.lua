@@ -1,0 +1,95 @@
+-- The API pod source against the fake API server: pods bound to this node
+-- arrive as SETs, through list, watch, a 410 Gone and a cut connection.
+local t = require "spec.t"
+local S = require "spec.support"
+local config = require "kubelua.config"
+local k8s = require "kubelua.k8s"
+local json = require "kubelua.k8s.json"
+local http = require "kubelua.http"
+local apisrc = require "kubelua.sources.api"
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+local TOKEN = "kl-src-token-" .. tostring(os.time())
+local DIR = S.tmpdir("apisrc")
+local server = assert(io.popen(string.format(
+  "exec /usr/bin/python3 '%s/../tests/support/fake_apiserver.py' --dir '%s' --token '%s' --bookmark-interval 3600",
+  here, DIR, TOKEN)))
+local PORT, PID = (server:read("*l") or ""):match("^(%d+) (%d+)$")
+assert(PORT, "the fake API server did not start")
+local SERVER = "https://127.0.0.1:" .. PORT
+
+local kc = DIR .. "/kubeconfig"
+do
+  local f = assert(io.open(kc, "w"))
+  f:write(assert(json.encode({
+    apiVersion = "v1", kind = "Config", ["current-context"] = "fake",
+    clusters = { { name = "fake", cluster = { server = SERVER, ["certificate-authority"] = "ca.crt" } } },
+    users = { { name = "u", user = { token = TOKEN } } },
+    contexts = { { name = "fake", context = { cluster = "fake", user = "u" } } },
+  })))
+  f:close()
+end
+local api = assert(k8s.connect{ kubeconfig = kc })
+
+local function make_pod(name, node)
+  return assert(api:create("/api/v1/namespaces/default/pods", {
+    apiVersion = "v1", kind = "Pod", metadata = { name = name },
+    spec = { nodeName = node, containers = { { name = "c", image = "kubelua.local/busybox:latest" } } },
+  }))
+end
+
+local function control(what)
+  return assert(http.request{ url = SERVER .. "/_control/" .. what, method = "POST", body = "", verify_tls = false })
+end
+
+t.describe("api source", function()
+  local sets = {}
+  local pc = config.new{ on_update = function(u) table.insert(sets, u) end }
+  local src
+  local function names()
+    local out = {}
+    for _, p in ipairs(pc:all_pods()) do
+      out[#out + 1] = p.metadata.name
+    end
+    table.sort(out)
+    return table.concat(out, ",")
+  end
+
+  t.it("lists the node's pods only, and is ready after the first SET", function()
+    make_pod("mine-1", "node-a")
+    make_pod("other", "node-b")
+    src = apisrc.start(pc, { client = api, node = "node-a" })
+    t.allow_parked(1)
+    t.ok(S.wait_for(function() return pc:all_ready() end, 10), "ready")
+    t.eq(names(), "mine-1")
+    t.eq(pc:all_pods()[1].metadata.annotations["kubernetes.io/config.source"], "api")
+  end)
+
+  t.it("watch events become SETs: a new pod, a deleted pod", function()
+    make_pod("mine-2", "node-a")
+    t.ok(S.wait_for(function() return names() == "mine-1,mine-2" end, 10), names())
+    assert(api:delete("/api/v1/namespaces/default/pods/mine-1"))
+    t.ok(S.wait_for(function() return names() == "mine-2" end, 10), names())
+  end)
+
+  t.it("a 410 Gone in the middle: relist, nothing lost", function()
+    control("compact")
+    control("expire")
+    make_pod("mine-3", "node-a")
+    t.ok(S.wait_for(function() return names() == "mine-2,mine-3" end, 15), names())
+  end)
+
+  t.it("a cut connection: resume, nothing lost", function()
+    control("disconnect")
+    make_pod("mine-4", "node-a")
+    t.ok(S.wait_for(function() return names() == "mine-2,mine-3,mine-4" end, 15), names())
+  end)
+
+  t.it("stops", function()
+    src:stop()
+    t.allow_parked(-1)
+    S.kill(tonumber(PID))
+    server:close()
+    S.rm(DIR)
+  end)
+end)
