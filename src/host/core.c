@@ -1,7 +1,9 @@
 /* kubelua.core: tasks, time and wakers - the scheduler as Lua sees it. */
 #include "host.h"
 
+#include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -206,6 +208,83 @@ static int waker_wake(lua_State *L)
     return 0;
 }
 
+/* --- signals ------------------------------------------------------------ */
+
+typedef struct {
+    uv_signal_t sig[4];
+    int n, open;
+    kl_park *park;
+    int done;
+} sig_wait;
+
+static void sigwait_closed(uv_handle_t *h)
+{
+    sig_wait *w = h->data;
+    if (--w->open == 0)
+        free(w);
+}
+
+static void sigwait_close(sig_wait *w)
+{
+    for (int i = 0; i < w->n; i++) {
+        uv_signal_stop(&w->sig[i]);
+        uv_close((uv_handle_t *)&w->sig[i], sigwait_closed);
+    }
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    sig_wait *w = s->data;
+    if (w->done)
+        return;
+    w->done = 1;
+    lua_State *co = kl__park_thread(w->park);
+    lua_pushstring(co, signum == SIGTERM  ? "TERM"
+                       : signum == SIGINT ? "INT"
+                       : signum == SIGHUP ? "HUP"
+                                          : "QUIT");
+    kl__park_resume(w->park, 1);
+    sigwait_close(w);
+}
+
+static void sigwait_cancel(void *ud)
+{
+    sigwait_close(ud);
+}
+
+/* wait_signal("TERM", "INT", ...) -> the name of the first that arrives.
+ * Parks the task; while it waits, those signals no longer end the process. */
+static int l_wait_signal(lua_State *L)
+{
+    int n = lua_gettop(L);
+    if (n < 1 || n > 4)
+        return luaL_error(L, "wait_signal: give 1 to 4 of TERM, INT, HUP, QUIT");
+    int nums[4];
+    for (int i = 0; i < n; i++) {
+        const char *name = luaL_checkstring(L, i + 1);
+        nums[i] = strcmp(name, "TERM") == 0  ? SIGTERM
+                  : strcmp(name, "INT") == 0 ? SIGINT
+                  : strcmp(name, "HUP") == 0 ? SIGHUP
+                  : strcmp(name, "QUIT") == 0 ? SIGQUIT
+                                             : 0;
+        if (nums[i] == 0)
+            return luaL_error(L, "wait_signal: unknown signal \"%s\"", name);
+    }
+    kl_park *p = kl__park_new(L);
+    sig_wait *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return luaL_error(L, "out of memory");
+    w->park = p;
+    w->n = w->open = n;
+    for (int i = 0; i < n; i++) {
+        uv_signal_init(kl__host(L)->loop, &w->sig[i]);
+        w->sig[i].data = w;
+        uv_signal_start(&w->sig[i], on_signal, nums[i]);
+    }
+    kl__park_set_cancel(p, sigwait_cancel, w);
+    return kl__park_yield(L, p);
+}
+
 /* log(level, msg): a klog-style line on stderr ('I', 'W' or 'E'). */
 static int l_log(lua_State *L)
 {
@@ -248,6 +327,7 @@ int luaopen_kubelua_core(lua_State *L)
                                    {"log", l_log},
                                    {"set_exit_code", l_set_exit_code},
                                    {"parked_count", l_parked_count},
+                                   {"wait_signal", l_wait_signal},
                                    {0, 0}};
     luaL_newlib(L, fns);
     lua_pushstring(L, KUBELUA_VERSION);
