@@ -4,7 +4,7 @@ BUILD_ASAN ?= build-asan
 JOBS       ?= $(shell nproc)
 DEMO_CTD   ?= /tmp/kubelua-demo-containerd
 
-.PHONY: all deps build build-asan test test-fast test-asan demo bench format clean
+.PHONY: all deps build build-asan test test-fast test-asan demo tour bench format clean
 
 all: build
 
@@ -27,9 +27,20 @@ test: build build-asan
 test-fast: build
 	cd $(BUILD) && ctest --output-on-failure
 
-# A private containerd, then the demo script against it; everything it
-# started is cleaned up on exit (also on Ctrl-C).
+# A private containerd, the agent with examples/static-pods/, and a live
+# view of its pods until Ctrl-C, which stops the agent and cleans up every
+# pod, process and mount it started.
 demo: build
+	@bash tests/support/containerd.sh start $(DEMO_CTD) >/dev/null
+	@trap 'kill $$AGENT 2>/dev/null; wait $$AGENT 2>/dev/null; bash tests/support/containerd.sh clean $(DEMO_CTD) >/dev/null; echo cleaned up' EXIT INT TERM; \
+	  mkdir -p /tmp/kubelua-demo; \
+	  CONTAINER_RUNTIME_ENDPOINT=unix://$(DEMO_CTD)/containerd.sock \
+	    ./$(BUILD)/kubelua agent --config examples/agent.yaml 2>/tmp/kubelua-demo/agent.log & AGENT=$$!; \
+	  echo "agent log: /tmp/kubelua-demo/agent.log"; \
+	  ./$(BUILD)/kubelua run examples/live.lua
+
+# A tour of the CRI client against a private containerd (examples/demo.lua).
+tour: build
 	@bash tests/support/containerd.sh start $(DEMO_CTD) >/dev/null
 	@trap 'bash tests/support/containerd.sh clean $(DEMO_CTD) >/dev/null' EXIT INT TERM; \
 	  CONTAINER_RUNTIME_ENDPOINT=unix://$(DEMO_CTD)/containerd.sock \
