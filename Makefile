@@ -4,7 +4,7 @@ BUILD_ASAN ?= build-asan
 JOBS       ?= $(shell nproc)
 DEMO_CTD   ?= /tmp/kubelua-demo-containerd
 
-.PHONY: all deps build build-asan test test-fast test-asan demo tour bench format clean
+.PHONY: all deps build build-asan test test-fast test-asan demo tour fuzz bench format clean
 
 all: build
 
@@ -45,6 +45,9 @@ tour: build
 	@trap 'bash tests/support/containerd.sh clean $(DEMO_CTD) >/dev/null' EXIT INT TERM; \
 	  CONTAINER_RUNTIME_ENDPOINT=unix://$(DEMO_CTD)/containerd.sock \
 	  ./$(BUILD)/kubelua run examples/demo.lua
+
+fuzz: build
+	cmake --build $(BUILD) --target fuzz
 
 bench: build
 	bash bench/cri/run.sh

@@ -40,3 +40,17 @@ set_tests_properties(c.embed PROPERTIES TIMEOUT 60)
 add_test(NAME support.fake_cri
   COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/support/fake_cri_selfcheck.py)
 set_tests_properties(support.fake_cri PROPERTIES TIMEOUT 120)
+
+# libFuzzer targets (spec/fuzz/, clang only): saved crashes are replayed, then
+# each target fuzzes for 3 s so none of them rots; `make fuzz` runs 60 s each.
+find_program(KL_FUZZ_CLANG clang)
+if(KL_FUZZ_CLANG)
+  add_test(NAME fuzz.short
+    COMMAND sh ${CMAKE_SOURCE_DIR}/spec/fuzz/run.sh 3 ${CMAKE_BINARY_DIR}/fuzz)
+  set_tests_properties(fuzz.short PROPERTIES TIMEOUT 300
+    ENVIRONMENT "KL_FUZZ_CC=${KL_FUZZ_CLANG}")
+  add_custom_target(fuzz
+    COMMAND ${CMAKE_COMMAND} -E env KL_FUZZ_CC=${KL_FUZZ_CLANG}
+            sh ${CMAKE_SOURCE_DIR}/spec/fuzz/run.sh 60 ${CMAKE_BINARY_DIR}/fuzz
+    USES_TERMINAL)
+endif()

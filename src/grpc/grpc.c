@@ -88,7 +88,9 @@ struct kl_grpc_call {
     int has_timer;
     const kl_grpc_call_ops *ops;
     void *ud;
-    int done; /* on_done delivered, or cancelled */
+    int done;            /* on_done delivered, or cancelled */
+    int delivering;      /* inside ops->on_message: a cancel there must not free us */
+    int release_pending; /* ...so call_release is left to on_data_chunk */
     /* response */
     int http_status;
     int have_grpc_status;
@@ -153,6 +155,10 @@ static void call_detach(kl_grpc_call *call, int reset)
 
 static void call_release(kl_grpc_call *call)
 {
+    if (call->delivering) {
+        call->release_pending = 1;
+        return;
+    }
     kl_buf_free(&call->req);
     free(call->msg);
     call->msg = NULL;
@@ -263,6 +269,21 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
     return 0;
 }
 
+/* Hand one message to the caller, who may cancel the call from inside the
+ * callback; returns -1 when the call is over (and then released). */
+static int deliver(kl_grpc_call *call, const uint8_t *msg, size_t len)
+{
+    call->nmsgs++;
+    call->delivering = 1;
+    call->ops->on_message(call->ud, msg, len);
+    call->delivering = 0;
+    if (!call->done)
+        return 0;
+    if (call->release_pending)
+        call_release(call);
+    return -1;
+}
+
 static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
                          size_t len, void *user)
 {
@@ -304,8 +325,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
             call->in_msg = 1;
             if (mlen <= len) { /* whole message in this chunk: no copy */
                 call->in_msg = 0;
-                call->nmsgs++;
-                call->ops->on_message(call->ud, data, mlen);
+                if (deliver(call, data, mlen) != 0)
+                    return 0;
                 data += mlen;
                 len -= mlen;
                 continue;
@@ -324,11 +345,11 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
         len -= n;
         if (call->msg_have == call->msg_len) {
             call->in_msg = 0;
-            call->nmsgs++;
-            call->ops->on_message(call->ud, call->msg, call->msg_len);
-            free(call->msg);
-            call->msg = NULL;
-            if (call->done)
+            uint8_t *m = call->msg;
+            call->msg = NULL; /* ours now: a cancel inside the callback must not free it */
+            int over = deliver(call, m, call->msg_len);
+            free(m);
+            if (over)
                 return 0;
         }
     }

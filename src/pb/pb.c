@@ -1,6 +1,7 @@
 /* Descriptor-driven protobuf <-> Lua conversion (see pb.h for the mapping). */
 #include "pb/pb.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <math.h>
 #include <stdarg.h>
@@ -13,7 +14,7 @@
 struct kl_pb_ctx {
     int box_i64_ref; /* function() return scratch_i64[0] end */
     int box_u64_ref;
-    int unbox_ref; /* function(v) -> true when v is a boxed integer (stored in scratch) */
+    int unbox_ref; /* function(v) -> 1 int64_t, 2 uint64_t (stored in scratch), 0 neither */
     int64_t *scratch_i64;
     uint64_t *scratch_u64;
 };
@@ -29,9 +30,9 @@ static const char BOX_CODE[] =
     "  function() return si[0] end,\n"
     "  function() return su[0] end,\n"
     "  function(v)\n"
-    "    if ffi.istype(i64, v) then si[0] = v return true end\n"
-    "    if ffi.istype(u64, v) then su[0] = v ffi.copy(si, su, 8) return true end\n"
-    "    return false\n"
+    "    if ffi.istype(i64, v) then si[0] = v return 1 end\n"
+    "    if ffi.istype(u64, v) then su[0] = v ffi.copy(si, su, 8) return 2 end\n"
+    "    return 0\n"
     "  end\n";
 
 /* ----------------------------------------------------------------- buffer */
@@ -514,6 +515,8 @@ int kl_pb_decode(lua_State *L, kl_pb_ctx *ctx, const ProtobufCMessageDescriptor 
                  const uint8_t *buf, size_t len, char *err, size_t errlen)
 {
     dec D = {L, ctx, err, errlen};
+    if (len == 0) /* an empty kl_buf has no buffer; NULL + 0 is undefined in C */
+        buf = (const uint8_t *)"";
     return decode_message(&D, d, buf, buf + len, 0);
 }
 
@@ -567,17 +570,21 @@ static int put_bytes(kl_buf *b, const void *s, size_t n)
 }
 
 /* Read the integer at idx: a number with no fraction, a boxed integer or
- * a decimal string. */
-static int get_integer(enc *E, const ProtobufCMessageDescriptor *d, int idx, int is_unsigned,
-                       int64_t lo, uint64_t hi, uint64_t *out)
+ * a decimal string, and check it against the field's range [lo, hi] (for
+ * every form: a value that does not fit is an error, never truncated). */
+static int get_integer(enc *E, const ProtobufCMessageDescriptor *d, int idx, int64_t lo,
+                       uint64_t hi, uint64_t *out)
 {
     lua_State *L = E->L;
     int type = lua_type(L, idx);
+    int negative = 0; /* *out holds a negative int64_t's bits */
     if (type == LUA_TNUMBER) {
         double n = lua_tonumber(L, idx);
         if (n != floor(n) || isinf(n))
             return enc_fail(E, d, ": %.17g is not an integer", n);
-        if (n < (double)lo || n > (double)hi)
+        /* (double)hi rounds up to a power of two for the 64-bit limits, so
+         * compare against hi + 1, which is exact for every limit */
+        if (n < (double)lo || n >= (double)hi + 1.0)
             return enc_fail(E, d, ": %.17g is out of range", n);
         *out = n < 0 ? (uint64_t)(int64_t)n : (uint64_t)n;
         return 0;
@@ -586,28 +593,37 @@ static int get_integer(enc *E, const ProtobufCMessageDescriptor *d, int idx, int
         lua_rawgeti(L, LUA_REGISTRYINDEX, E->ctx->unbox_ref);
         lua_pushvalue(L, idx);
         lua_call(L, 1, 1);
-        int ok = lua_toboolean(L, -1);
+        int kind = (int)lua_tointeger(L, -1);
         lua_pop(L, 1);
-        if (!ok)
+        if (kind == 0)
             return enc_fail(E, d, ": cdata is not an int64_t or uint64_t");
         *out = (uint64_t)*E->ctx->scratch_i64;
-        return 0;
-    }
-    if (type == LUA_TSTRING) {
+        negative = kind == 1 && *E->ctx->scratch_i64 < 0;
+    } else if (type == LUA_TSTRING) {
         const char *s = lua_tostring(L, idx);
         char *endp;
-        if (is_unsigned) {
-            if (*s == '-')
-                return enc_fail(E, d, ": \"%s\" is negative", s);
-            *out = strtoull(s, &endp, 10);
-        } else {
-            *out = (uint64_t)strtoll(s, &endp, 10);
-        }
-        if (*s == '\0' || *endp != '\0')
+        /* strtoll/strtoull also take spaces, '+', and (strtoull) a '-' that
+         * wraps around; accept only [-]digits */
+        negative = *s == '-';
+        if (!(s[negative] >= '0' && s[negative] <= '9'))
             return enc_fail(E, d, ": \"%s\" is not an integer", s);
-        return 0;
+        errno = 0;
+        if (negative)
+            *out = (uint64_t)strtoll(s, &endp, 10);
+        else
+            *out = strtoull(s, &endp, 10);
+        if (*endp != '\0')
+            return enc_fail(E, d, ": \"%s\" is not an integer", s);
+        if (errno == ERANGE)
+            return enc_fail(E, d, ": \"%s\" is out of range", s);
+    } else {
+        return enc_fail(E, d, ": expected an integer, got %s", luaL_typename(L, idx));
     }
-    return enc_fail(E, d, ": expected an integer, got %s", luaL_typename(L, idx));
+    if (negative && (int64_t)*out < lo)
+        return enc_fail(E, d, ": %lld is out of range", (long long)(int64_t)*out);
+    if (!negative && *out > hi)
+        return enc_fail(E, d, ": %llu is out of range", (unsigned long long)*out);
+    return 0;
 }
 
 static int encode_message(enc *E, int idx, const ProtobufCMessageDescriptor *d, int depth);
@@ -649,7 +665,7 @@ static int encode_value(enc *E, const ProtobufCMessageDescriptor *d,
                                 ((const ProtobufCEnumDescriptor *)fd->descriptor)->name);
             v = ev->value;
         } else if (lua_type(L, idx) == LUA_TNUMBER) {
-            if (get_integer(E, d, idx, 0, INT32_MIN, INT32_MAX, &u) != 0)
+            if (get_integer(E, d, idx, INT32_MIN, INT32_MAX, &u) != 0)
                 return -1;
             v = (int32_t)u;
         } else {
@@ -709,7 +725,7 @@ static int encode_value(enc *E, const ProtobufCMessageDescriptor *d,
                fd->type == PROTOBUF_C_TYPE_FIXED32;
     int64_t lo = is_unsigned ? 0 : is32 ? INT32_MIN : INT64_MIN;
     uint64_t hi = is_unsigned ? (is32 ? UINT32_MAX : UINT64_MAX) : is32 ? INT32_MAX : INT64_MAX;
-    if (get_integer(E, d, idx, is_unsigned, lo, hi, &u) != 0)
+    if (get_integer(E, d, idx, lo, hi, &u) != 0)
         return -1;
     if (u == 0 && !force)
         return 0;
@@ -813,7 +829,8 @@ static int encode_map(enc *E, const ProtobufCMessageDescriptor *d,
     }
     int rc = 0;
     if (all_strings) {
-        qsort(keys, count, sizeof *keys, keyref_cmp);
+        if (count > 1) /* an empty map has no key array, and qsort's may not be NULL */
+            qsort(keys, count, sizeof *keys, keyref_cmp);
         for (size_t i = 0; rc == 0 && i < count; i++) {
             lua_pushlstring(L, keys[i].s, keys[i].n);
             lua_pushvalue(L, -1);
