@@ -144,6 +144,20 @@ t.describe("64-bit integers", function()
     local neg = pb.decode(name, pb.encode(name, { value = -1 })).value
     t.eq(neg, -1)
   end)
+  t.it("values that do not fit their field are refused in every form", function()
+    for _, case in ipairs({
+      { "runtime.v1.IDMapping", { host_id = 4294967296ULL } },
+      { "runtime.v1.IDMapping", { host_id = "4294967296" } },
+      { "runtime.v1.IDMapping", { host_id = " 5" } },
+      { "runtime.v1.UInt64Value", { value = 2 ^ 64 } },
+      { "runtime.v1.Int64Value", { value = 2 ^ 63 } },
+    }) do
+      local err = t.fails(function() pb.encode(case[1], case[2]) end)
+      t.ok(err:find("out of range") or err:find("is not an integer"), err)
+    end
+    t.eq(pb.decode("runtime.v1.UInt64Value", pb.encode("runtime.v1.UInt64Value",
+      { value = 18446744073709551615ULL })).value, 18446744073709551615ULL)
+  end)
   t.it("accept decimal strings", function()
     t.eq(tostring(pb.decode(name, pb.encode(name, { value = "-9223372036854775808" })).value),
       "-9223372036854775808LL")
