@@ -447,12 +447,9 @@ static int l_code_name(lua_State *L)
 
 int luaopen_kubelua_grpc(lua_State *L)
 {
-    static const luaL_Reg channel_methods[] = {{"unary", l_unary},
-                                               {"unary_raw", l_unary_raw},
-                                               {"stream", l_stream},
-                                               {"close", channel_close},
-                                               {"stats", channel_stats},
-                                               {0, 0}};
+    static const luaL_Reg channel_methods[] = {{"unary", l_unary},       {"unary_raw", l_unary_raw},
+                                               {"stream", l_stream},     {"close", channel_close},
+                                               {"stats", channel_stats}, {0, 0}};
     static const luaL_Reg stream_methods[] = {
         {"recv", stream_recv}, {"cancel", stream_cancel}, {0, 0}};
     luaL_newmetatable(L, CHANNEL_MT);

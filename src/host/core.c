@@ -262,11 +262,11 @@ static int l_wait_signal(lua_State *L)
     int nums[4];
     for (int i = 0; i < n; i++) {
         const char *name = luaL_checkstring(L, i + 1);
-        nums[i] = strcmp(name, "TERM") == 0  ? SIGTERM
-                  : strcmp(name, "INT") == 0 ? SIGINT
-                  : strcmp(name, "HUP") == 0 ? SIGHUP
+        nums[i] = strcmp(name, "TERM") == 0   ? SIGTERM
+                  : strcmp(name, "INT") == 0  ? SIGINT
+                  : strcmp(name, "HUP") == 0  ? SIGHUP
                   : strcmp(name, "QUIT") == 0 ? SIGQUIT
-                                             : 0;
+                                              : 0;
         if (nums[i] == 0)
             return luaL_error(L, "wait_signal: unknown signal \"%s\"", name);
     }

@@ -84,8 +84,8 @@ typedef struct {
     const uint8_t *p, *end;
     uint32_t num;
     int wt;
-    uint64_t v;          /* varint fields */
-    const uint8_t *val;  /* length-delimited fields */
+    uint64_t v;         /* varint fields */
+    const uint8_t *val; /* length-delimited fields */
     size_t len;
     int bad;
 } wire_it;
