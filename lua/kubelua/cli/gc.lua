@@ -192,7 +192,7 @@ function M.main(args)
   local report = require "kubelua.gc.report"
   local view = report.view(cres, ires)
   if o.json then
-    io.stdout:write(require("kubelua.gc.json").encode(view), "\n")
+    io.stdout:write(require("kubelua.json").encode(view), "\n")
   else
     io.stdout:write(report.text(view))
   end

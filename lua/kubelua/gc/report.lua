@@ -4,8 +4,8 @@
 --   local report = require "kubelua.gc.report"
 --   local view = report.view(container_result, image_result)   -- either may be nil
 --   io.write(report.text(view))
---   io.write(require("kubelua.gc.json").encode(view))
-local json = require "kubelua.gc.json"
+--   io.write(require("kubelua.json").encode(view))
+local json = require "kubelua.json"
 
 local M = {}
 
