@@ -73,6 +73,38 @@ t.describe("waits", function()
   end)
 end)
 
+t.describe("every", function()
+  t.it("runs at once, then every period; an error is logged and the loop goes on; stop cuts the wait", function()
+    local runs = 0
+    local loop = task.every(0.02, function()
+      runs = runs + 1
+      if runs == 2 then
+        error("deliberate")
+      end
+    end)
+    t.ok(S.wait_for(function() return runs >= 4 end, 5), "kept running after the error")
+    local t0 = core.monotime()
+    task.every(3600, function() end):stop()
+    t.eq(loop:stop(), loop)
+    t.ok(S.wait_for(function() return loop.done end, 1))
+    t.ok(core.monotime() - t0 < 0.5, "stop does not wait out the period")
+    task.sleep(0.05)
+    local after = runs
+    task.sleep(0.05)
+    t.eq(runs, after, "no run after stop")
+  end)
+  t.it("fn's return value is the next delay", function()
+    local times = {}
+    local loop = task.every(3600, function()
+      times[#times + 1] = core.monotime()
+      return 0.01
+    end)
+    t.ok(S.wait_for(function() return #times >= 3 end, 2), "the short delay was used")
+    loop:stop()
+    S.wait_for(function() return loop.done end, 1)
+  end)
+end)
+
 t.describe("errors", function()
   t.it("a failing task is reported with its traceback; the host keeps running", function()
     local out, ok = run([[

@@ -200,7 +200,7 @@ s.serve_forever()']], dir, portfile, portfile, portfile), dir .. "/log")
     m.wait("REMOVE a-node-a,b-node-a")
     t.match(m.errors[#m.errors], "^zero%-length data received from")
     src:stop()
-    t.ok(S.wait_for(function() return src.stopped end, 5))
+    t.ok(S.wait_for(function() return src.loop.done end, 5))
   end)
 
   t.it("cleanup", function()

@@ -71,20 +71,14 @@ function M.start(cfg)
     end,
   }
   -- Probe workers follow the pods' actual state.
-  self.status_loop = { waker = task.waker() }
-  task.spawn(function()
-    local loop = self.status_loop
-    while not loop.stop do
-      for _, p in ipairs(self.sync:pods()) do
-        local uid = p.uid or (p.pod and p.pod.metadata.uid)
-        local st = uid and self.sync:status(uid)
-        if st and st.status then
-          self.prober:set_status(uid, st.status)
-        end
+  self.status_loop = task.every(1, function()
+    for _, p in ipairs(self.sync:pods()) do
+      local uid = p.uid or (p.pod and p.pod.metadata.uid)
+      local st = uid and self.sync:status(uid)
+      if st and st.status then
+        self.prober:set_status(uid, st.status)
       end
-      loop.waker:wait(1)
     end
-    loop.done = true
   end)
 
   self.cache = cachemod.new{ client = rt }
@@ -213,8 +207,7 @@ function Agent:stop()
     self.pleg:stop()
   end
   if self.status_loop then
-    self.status_loop.stop = true
-    self.status_loop.waker:wake()
+    self.status_loop:stop()
   end
   if self.prober and self.prober.stop then
     self.prober:stop()

@@ -749,33 +749,19 @@ end
 function GC:start(opts)
   local task = require "kubelua.task"
   assert(not self.loop, "kubelua.gc: already started")
-  local period = opts and opts.period or M.PERIOD
-  local loop = { stop = false, waker = task.waker() }
-  self.loop = loop
-  task.spawn(function()
-    while not loop.stop do
-      local res, err, _, partial = self:run(opts)
-      self.last = res or partial
-      if not res and self.on_event then
-        self.on_event("Warning", "ContainerGCFailed", err)
-      end
-      if loop.stop then
-        break
-      end
-      loop.waker:wait(period)
+  self.loop = task.every(opts and opts.period or M.PERIOD, function()
+    local res, err, _, partial = self:run(opts)
+    self.last = res or partial
+    if not res and self.on_event then
+      self.on_event("Warning", "ContainerGCFailed", err)
     end
-    loop.done = true
   end)
 end
 
 function GC:stop()
   local loop = self.loop
-  if loop then
-    loop.stop = true
-    loop.waker:wake()
-    self.loop = nil
-  end
-  return loop
+  self.loop = nil
+  return loop and loop:stop()
 end
 
 M.GC = GC

@@ -245,28 +245,15 @@ end
 -- Poll every period until stop().
 function H:start()
   assert(not self.loop, "kubelua.health: already started")
-  local loop = { stop = false, waker = task.waker() }
-  self.loop = loop
-  task.spawn(function()
-    while not loop.stop do
-      self:update()
-      if loop.stop then
-        break
-      end
-      loop.waker:wait(self.period)
-    end
-    loop.done = true
+  self.loop = task.every(self.period, function()
+    self:update()
   end)
 end
 
 function H:stop()
   local loop = self.loop
-  if loop then
-    loop.stop = true
-    loop.waker:wake()
-    self.loop = nil
-  end
-  return loop
+  self.loop = nil
+  return loop and loop:stop()
 end
 
 return M

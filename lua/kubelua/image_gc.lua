@@ -649,34 +649,20 @@ end
 function IGC:start(opts)
   local task = require "kubelua.task"
   assert(not self.loop, "kubelua.image_gc: already started")
-  local period = opts and opts.period or M.PERIOD
-  local loop = { stop = false, waker = task.waker() }
-  self.loop = loop
-  task.spawn(function()
-    local failures = 0
-    while not loop.stop do
-      -- kubelet only logs the first failure (stats may not be ready yet);
-      -- consecutive ones become events
-      local res, _, _, partial = self:run{ quiet = failures == 0 }
-      self.last = res or partial
-      failures = res and 0 or failures + 1
-      if loop.stop then
-        break
-      end
-      loop.waker:wait(period)
-    end
-    loop.done = true
+  local failures = 0
+  self.loop = task.every(opts and opts.period or M.PERIOD, function()
+    -- kubelet only logs the first failure (stats may not be ready yet);
+    -- consecutive ones become events
+    local res, _, _, partial = self:run{ quiet = failures == 0 }
+    self.last = res or partial
+    failures = res and 0 or failures + 1
   end)
 end
 
 function IGC:stop()
   local loop = self.loop
-  if loop then
-    loop.stop = true
-    loop.waker:wake()
-    self.loop = nil
-  end
-  return loop
+  self.loop = nil
+  return loop and loop:stop()
 end
 
 M.ImageGC = IGC

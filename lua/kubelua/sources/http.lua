@@ -67,17 +67,11 @@ function M.start(pc, opts)
       core.log("E", "http source: " .. err)
     end,
     last = nil,
-    running = true,
-    wake = task.waker(),
     polls = 0,
   }, Source)
   pc:register(self.name)
-  task.spawn(function()
-    while self.running do
-      self:poll()
-      self.wake:wait(self.period)
-    end
-    self.stopped = true
+  self.loop = task.every(self.period, function()
+    self:poll()
   end)
   return self
 end
@@ -108,9 +102,9 @@ function Source:poll()
   self.pc:merge(self.name, { op = "SET", pods = pods })
 end
 
+-- stop(); src.loop.done tells when the polling task has finished.
 function Source:stop()
-  self.running = false
-  self.wake:wake()
+  self.loop:stop()
 end
 
 return M
