@@ -550,6 +550,13 @@ t.describe("errors a script can rely on", function()
     t.match(kl{ "ps", "--label", "novalue" }.err, "incorrectly specified label")
     t.eq(kl{ "ps", "--state", "sleeping" }.code, 2)
     t.eq(kl{ "rm" }.code, 2)
+    for cmd, noun in pairs({ rm = "CONTAINER%-ID", stop = "CONTAINER%-ID", rmp = "POD%-ID", stopp = "POD%-ID" }) do
+      local none, both = kl{ cmd }, kl{ cmd, "--all", "abc" }
+      t.eq(none.code, 2, cmd)
+      t.match(none.err, "^kubelua " .. cmd .. ": give at least one " .. noun .. ", or %-%-all\n", cmd)
+      t.eq(both.code, 2, cmd)
+      t.match(both.err, "^kubelua " .. cmd .. ": cannot give " .. noun .. "s together with %-%-all\n", cmd)
+    end
     t.eq(kl{ "nosuchcommand" }.code, 2)
     local h = ok(kl{ "ps", "--help" })
     t.match(h.out, "^usage: kubelua ps ")

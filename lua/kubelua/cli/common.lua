@@ -382,6 +382,43 @@ function M.first_answering(list, opts)
 end
 
 -- The CRI client (connected once, lazily); nil after reporting the error.
+-- targets(noun, list) -> client, ids: the IDs given as arguments, or with
+-- --all those list(client) returns (an array of IDs, or nil, err). Exactly
+-- one of the two must be given. Returns nothing after reporting a usage or
+-- runtime error.
+function Ctx:targets(noun, list)
+  local ids = self.args
+  if self.flags.all and #ids > 0 then
+    return self:usage("cannot give " .. noun .. "s together with --all")
+  elseif not self.flags.all and #ids == 0 then
+    return self:usage("give at least one " .. noun .. ", or --all")
+  end
+  local rt = self:client()
+  if not rt then
+    return
+  end
+  if self.flags.all then
+    local all, err = list(rt)
+    if not all then
+      return self:fail(err)
+    end
+    ids = all
+  end
+  return rt, ids
+end
+
+-- Collect the `id` of each item of a list response field, or pass an error on.
+function M.ids(resp, field, err)
+  if not resp then
+    return nil, err
+  end
+  local ids = {}
+  for _, x in ipairs(resp[field]) do
+    ids[#ids + 1] = x.id
+  end
+  return ids
+end
+
 function Ctx:client()
   if self._client then
     return self._client

@@ -31,25 +31,12 @@ return common.command{
     { "keep-logs", "k", "bool", "keep the container's log file and its rotations" },
   },
   run = function(ctx)
-    local ids = ctx.args
     local f = ctx.flags
-    if f.all and #ids > 0 then
-      return ctx:usage("cannot give CONTAINER-IDs together with --all")
-    elseif not f.all and #ids == 0 then
-      return ctx:usage("give at least one CONTAINER-ID, or --all")
-    end
-    local rt = ctx:client()
+    local rt, ids = ctx:targets("CONTAINER-ID", function(c)
+      return common.ids(c:list_containers{}, "containers")
+    end)
     if not rt then
       return
-    end
-    if f.all then
-      local r, err = rt:list_containers{}
-      if not r then
-        return ctx:fail(err)
-      end
-      for _, c in ipairs(r.containers) do
-        ids[#ids + 1] = c.id
-      end
     end
     for _, id in ipairs(ids) do
       local st, err = rt:container_status{ container_id = id }

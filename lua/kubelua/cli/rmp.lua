@@ -10,25 +10,12 @@ return common.command{
     { "all", "a", "bool", "remove every pod" },
   },
   run = function(ctx)
-    local ids = ctx.args
     local f = ctx.flags
-    if f.all and #ids > 0 then
-      return ctx:usage("cannot give POD-IDs together with --all")
-    elseif not f.all and #ids == 0 then
-      return ctx:usage("give at least one POD-ID, or --all")
-    end
-    local rt = ctx:client()
+    local rt, ids = ctx:targets("POD-ID", function(c)
+      return common.ids(c:list_pod_sandbox{}, "items")
+    end)
     if not rt then
       return
-    end
-    if f.all then
-      local r, err = rt:list_pod_sandbox{}
-      if not r then
-        return ctx:fail(err)
-      end
-      for _, p in ipairs(r.items) do
-        ids[#ids + 1] = p.id
-      end
     end
     for _, id in ipairs(ids) do
       local st, err = rt:pod_sandbox_status{ pod_sandbox_id = id }

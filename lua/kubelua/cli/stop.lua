@@ -12,24 +12,11 @@ return common.command{
     { "all", "a", "bool", "stop every running container" },
   },
   run = function(ctx)
-    local ids = ctx.args
-    if ctx.flags.all and #ids > 0 then
-      return ctx:usage("cannot give CONTAINER-IDs together with --all")
-    elseif not ctx.flags.all and #ids == 0 then
-      return ctx:usage("give at least one CONTAINER-ID, or --all")
-    end
-    local rt = ctx:client()
+    local rt, ids = ctx:targets("CONTAINER-ID", function(c)
+      return common.ids(c:list_containers{ filter = { state = { state = "CONTAINER_RUNNING" } } }, "containers")
+    end)
     if not rt then
       return
-    end
-    if ctx.flags.all then
-      local r, err = rt:list_containers{ filter = { state = { state = "CONTAINER_RUNNING" } } }
-      if not r then
-        return ctx:fail(err)
-      end
-      for _, c in ipairs(r.containers) do
-        ids[#ids + 1] = c.id
-      end
     end
     for _, id in ipairs(ids) do
       local ok, err = rt:stop_container{ container_id = id, timeout = ctx.flags.timeout }

@@ -9,24 +9,11 @@ return common.command{
     { "all", "a", "bool", "stop every pod" },
   },
   run = function(ctx)
-    local ids = ctx.args
-    if ctx.flags.all and #ids > 0 then
-      return ctx:usage("cannot give POD-IDs together with --all")
-    elseif not ctx.flags.all and #ids == 0 then
-      return ctx:usage("give at least one POD-ID, or --all")
-    end
-    local rt = ctx:client()
+    local rt, ids = ctx:targets("POD-ID", function(c)
+      return common.ids(c:list_pod_sandbox{ filter = { state = { state = "SANDBOX_READY" } } }, "items")
+    end)
     if not rt then
       return
-    end
-    if ctx.flags.all then
-      local r, err = rt:list_pod_sandbox{ filter = { state = { state = "SANDBOX_READY" } } }
-      if not r then
-        return ctx:fail(err)
-      end
-      for _, p in ipairs(r.items) do
-        ids[#ids + 1] = p.id
-      end
     end
     for _, id in ipairs(ids) do
       local ok, err = rt:stop_pod_sandbox{ pod_sandbox_id = id }
