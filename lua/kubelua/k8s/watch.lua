@@ -135,16 +135,12 @@ local function next_delay(w)
   return math.min(b.max, d * (1 + b.jitter * math.random()))
 end
 
--- Sleep, waking early when stopped (in slices: a sleep cannot be cut short).
+-- Wait `secs`, or until cancel() wakes the watch.
 local function pause(w, secs)
   w.state = "waiting"
-  local deadline = core.monotime() + secs
-  while not w.stopped do
-    local left = deadline - core.monotime()
-    if left <= 0 then
-      return
-    end
-    core.sleep(math.min(left, 0.05))
+  if not w.stopped then
+    w.pause_waker = w.pause_waker or core.waker()
+    w.pause_waker:wait(secs)
   end
 end
 
@@ -454,6 +450,9 @@ end
 -- store stays readable.
 function Watcher:cancel()
   self.stopped = true
+  if self.pause_waker then
+    self.pause_waker:wake()
+  end
   local s = self.stream
   if s then
     s:close()

@@ -86,15 +86,11 @@ local function report(p, err, code)
   call(p, "on_error", err, code)
 end
 
--- Sleep, waking early when stopped (a sleep cannot be cut short).
+-- Wait `secs`, or until stop() wakes the poller.
 local function pause(p, secs)
-  local deadline = core.monotime() + secs
-  while not p.stopped do
-    local left = deadline - core.monotime()
-    if left <= 0 then
-      return
-    end
-    core.sleep(math.min(left, 0.05))
+  if not p.stopped then
+    p.pause_waker = p.pause_waker or core.waker()
+    p.pause_waker:wait(secs)
   end
 end
 
@@ -233,6 +229,9 @@ end
 -- stop(): no poll after this; returns once the poller's task has finished.
 function Poller:stop()
   self.stopped = true
+  if self.pause_waker then
+    self.pause_waker:wake()
+  end
   local s = self.stream
   if s then
     s:close()
