@@ -21,7 +21,8 @@
 --   keep_annotations { [key] = value | true }: images whose spec carries one are kept
 --   keep_newest     keep the N most recently first-seen images of each repository
 --                   (0: off; every image of the repository counts, in use or not)
---   sandbox_image   an image reference counted as always in use (the pause image)
+--   sandbox_image   an image reference counted as always in use (the pause image),
+--                   or function() -> reference | nil, asked at every detection
 --   image_fs_path   the path measured for capacity (default: the mountpoint
 --                   ImageFsInfo reports)
 --   usage           "statvfs" (kubelet: available from the filesystem, which counts
@@ -32,6 +33,7 @@
 --   hooks           { images = function(candidates, chosen, ctx) -> final } (kubelua.gc.hook)
 --   clock           function() -> seconds (default: the runtime's clock, else task.now)
 --   on_event(kind, reason, message)  ImageGCFailed, FreeDiskSpaceFailed, InvalidDiskCapacity
+--   on_result(res)  after every run that is not a dry run (metrics)
 --
 -- Never removed: an image any container uses (running or exited: the ID in
 -- its image_ref or image_id, or its image name), the sandbox image, an image
@@ -58,6 +60,7 @@ local store = require "kubelua.gc.store"
 local M = {}
 
 M.PERIOD = 300 -- ImageGCPeriod
+-- State file name under state_dir and its format tag; option values new() uses when not given.
 M.STATE_FILE = "image_gc.state"
 M.STATE_FORMAT = "kubelua-image-gc/1"
 M.DEFAULTS = { high = 85, low = 80, min_age = 120, max_age = 0, keep_newest = 0, usage = "statvfs" }
@@ -65,8 +68,8 @@ M.DEFAULTS = { high = 85, low = 80, min_age = 120, max_age = 0, keep_newest = 0,
 local OPTIONS = {
   runtime = "table", high = "number", low = "number", min_age = "number", max_age = "number",
   state_dir = "string", keep = "table", keep_annotations = "table", keep_newest = "number",
-  sandbox_image = "string", image_fs_path = "string", usage = "string", statvfs = "function",
-  hooks = "table", clock = "function|table", on_event = "function",
+  sandbox_image = "string|function", image_fs_path = "string", usage = "string", statvfs = "function",
+  hooks = "table", clock = "function|table", on_event = "function", on_result = "function",
 }
 
 local function check_options(opts)
@@ -144,6 +147,7 @@ end
 
 -- ------------------------------------------------------------ persistence
 
+-- ig:state_path() -> the state file's path; ig:save() -> true | nil, err: write the times kept.
 function IGC:state_path()
   return self.state_dir and (self.state_dir .. "/" .. M.STATE_FILE)
 end
@@ -249,8 +253,12 @@ function IGC:detect(now)
     use(c.image_id, "in-use")
     use(c.image and c.image.image, "in-use")
   end
-  if self.sandbox_image then
-    use(self.sandbox_image, "sandbox-image")
+  local sandbox_image = self.sandbox_image
+  if type(sandbox_image) == "function" then
+    sandbox_image = sandbox_image()
+  end
+  if sandbox_image then
+    use(sandbox_image, "sandbox-image")
   end
   local seen = {}
   for _, img in ipairs(images) do
@@ -584,7 +592,7 @@ local function finish(self, res)
 end
 
 -- ig:run{ dry_run =, quiet = (no events) } -> result | nil, err, code, result
-function IGC:run(opts)
+local function run(self, opts)
   opts = opts or {}
   local res = { dry_run = opts.dry_run and true or false, quiet = opts.quiet, time = self.clock(), images = {},
     kept = {}, errors = {}, bytes = 0 }
@@ -637,6 +645,17 @@ function IGC:run(opts)
     res.code = res.code or "FREE_FAILED"
   end
   return finish(self, res)
+end
+
+-- on_result(res) (an option) sees every run that was not a dry run, failed
+-- ones included (their partial result).
+function IGC:run(opts)
+  local res, err, code, partial = run(self, opts)
+  local r = res or partial
+  if self.on_result and r and not r.dry_run then
+    pcall(self.on_result, r)
+  end
+  return res, err, code, partial
 end
 
 function IGC:plan()

@@ -1,4 +1,6 @@
-/* kubelua.core: tasks, time and wakers - the scheduler as Lua sees it. */
+/* kubelua.core: tasks, time and wakers - the scheduler as Lua sees it.
+ *
+ * core.version: kubelua's version string (KUBELUA_VERSION). */
 #include "host.h"
 
 #include <signal.h>
@@ -153,6 +155,7 @@ static void waker_cancel(void *ud)
     wait_rec_done(r);
 }
 
+/* waker() -> w: w:wait([timeout]) parks until w:wake() (true) or the timeout (false). */
 static int l_waker(lua_State *L)
 {
     waker *w = lua_newuserdata(L, sizeof *w);
@@ -285,14 +288,193 @@ static int l_wait_signal(lua_State *L)
     return kl__park_yield(L, p);
 }
 
-/* log(level, msg): a klog-style line on stderr ('I', 'W' or 'E'). */
+/* --- signal watchers: signals caught for as long as the watcher is open --- */
+
+#define SIGWATCH_MT "kubelua.signal_watch"
+#define SIGWATCH_QUEUE 16
+
+typedef struct {
+    uv_signal_t sig[4];
+    int n, open;
+    int queue[SIGWATCH_QUEUE]; /* arrived, not yet taken (oldest first) */
+    int queued;
+    kl_park *park; /* the task waiting in next(), if any */
+} sig_watch;
+
+typedef struct {
+    sig_watch *w; /* NULL once closed */
+} sig_watch_ud;
+
+static const char *sig_name(int signum)
+{
+    return signum == SIGTERM  ? "TERM"
+           : signum == SIGINT ? "INT"
+           : signum == SIGHUP ? "HUP"
+                              : "QUIT";
+}
+
+static int sig_number(lua_State *L, int idx)
+{
+    const char *name = luaL_checkstring(L, idx);
+    int num = strcmp(name, "TERM") == 0   ? SIGTERM
+              : strcmp(name, "INT") == 0  ? SIGINT
+              : strcmp(name, "HUP") == 0  ? SIGHUP
+              : strcmp(name, "QUIT") == 0 ? SIGQUIT
+                                          : 0;
+    if (num == 0)
+        return luaL_error(L, "signal_watch: unknown signal \"%s\"", name);
+    return num;
+}
+
+static void sigwatch_closed(uv_handle_t *h)
+{
+    sig_watch *w = h->data;
+    if (--w->open == 0)
+        free(w);
+}
+
+/* The handles keep the loop running only while a task waits in next(). */
+static void sigwatch_ref(sig_watch *w, int on)
+{
+    for (int i = 0; i < w->n; i++) {
+        if (on)
+            uv_ref((uv_handle_t *)&w->sig[i]);
+        else
+            uv_unref((uv_handle_t *)&w->sig[i]);
+    }
+}
+
+static void on_watched_signal(uv_signal_t *s, int signum)
+{
+    sig_watch *w = s->data;
+    if (w->park != NULL) {
+        kl_park *p = w->park;
+        w->park = NULL;
+        sigwatch_ref(w, 0);
+        lua_pushstring(kl__park_thread(p), sig_name(signum));
+        kl__park_resume(p, 1);
+    } else if (w->queued < SIGWATCH_QUEUE) {
+        w->queue[w->queued++] = signum;
+    }
+}
+
+static void sigwatch_cancel(void *ud)
+{
+    sig_watch *w = ud;
+    w->park = NULL;
+    sigwatch_ref(w, 0);
+}
+
+/* signal_watch("TERM", "HUP", ...) -> watcher: from now until watcher:close()
+ * (or its collection) those signals no longer end the process; each one
+ * that arrives is queued (up to 16) for watcher:next(). */
+static int l_signal_watch(lua_State *L)
+{
+    int n = lua_gettop(L);
+    if (n < 1 || n > 4)
+        return luaL_error(L, "signal_watch: give 1 to 4 of TERM, INT, HUP, QUIT");
+    int nums[4];
+    for (int i = 0; i < n; i++)
+        nums[i] = sig_number(L, i + 1);
+    sig_watch_ud *ud = lua_newuserdata(L, sizeof *ud);
+    ud->w = NULL;
+    luaL_setmetatable(L, SIGWATCH_MT);
+    sig_watch *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return luaL_error(L, "out of memory");
+    w->n = w->open = n;
+    for (int i = 0; i < n; i++) {
+        uv_signal_init(kl__host(L)->loop, &w->sig[i]);
+        w->sig[i].data = w;
+        uv_signal_start(&w->sig[i], on_watched_signal, nums[i]);
+        uv_unref((uv_handle_t *)&w->sig[i]);
+    }
+    ud->w = w;
+    return 1;
+}
+
+/* watcher:next() -> the name of the oldest signal not yet taken, parking
+ * the task until one arrives; nil once the watcher is closed. */
+static int sigwatch_next(lua_State *L)
+{
+    sig_watch_ud *ud = luaL_checkudata(L, 1, SIGWATCH_MT);
+    sig_watch *w = ud->w;
+    if (w == NULL)
+        return 0;
+    if (w->park != NULL)
+        return luaL_error(L, "signal_watch: another task is already waiting");
+    if (w->queued > 0) {
+        int signum = w->queue[0];
+        memmove(w->queue, w->queue + 1, (size_t)(--w->queued) * sizeof w->queue[0]);
+        lua_pushstring(L, sig_name(signum));
+        return 1;
+    }
+    kl_park *p = kl__park_new(L);
+    w->park = p;
+    sigwatch_ref(w, 1);
+    kl__park_set_cancel(p, sigwatch_cancel, w);
+    /* Keep the watcher alive while a task waits on it. */
+    lua_pushlightuserdata(L, w);
+    lua_pushvalue(L, 1);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    return kl__park_yield(L, p);
+}
+
+/* watcher:close(): stop catching; a task waiting in next() gets nil. */
+static int sigwatch_close(lua_State *L)
+{
+    sig_watch_ud *ud = luaL_checkudata(L, 1, SIGWATCH_MT);
+    sig_watch *w = ud->w;
+    if (w == NULL)
+        return 0;
+    ud->w = NULL;
+    lua_pushlightuserdata(L, w);
+    lua_pushnil(L);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    if (w->park != NULL) {
+        kl_park *p = w->park;
+        w->park = NULL;
+        kl__park_resume(p, 0);
+    }
+    for (int i = 0; i < w->n; i++) {
+        uv_signal_stop(&w->sig[i]);
+        uv_close((uv_handle_t *)&w->sig[i], sigwatch_closed);
+    }
+    return 0;
+}
+
+/* log(level, msg): one line on stderr ('I', 'W' or 'E'), in the host's log
+ * format: klog text, or JSON with the calling Lua file:line as caller. */
 static int l_log(lua_State *L)
 {
+    kl_host *h = kl__host(L);
     const char *lvl = luaL_checkstring(L, 1);
-    const char *msg = luaL_checkstring(L, 2);
+    size_t len;
+    const char *msg = luaL_checklstring(L, 2, &len);
     char c = (lvl[0] == 'W' || lvl[0] == 'E') ? lvl[0] : 'I';
-    kl__log(c, "%s", msg);
+    char caller[256];
+    lua_Debug ar;
+    const char *where = NULL;
+    if (h->log_json && lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+        const char *src = ar.short_src;
+        const char *slash = strrchr(src, '/');
+        snprintf(caller, sizeof caller, "%s:%d", slash ? slash + 1 : src, ar.currentline);
+        where = caller;
+    }
+    kl__logh_msg(h, c, where, msg, len);
     return 0;
+}
+
+/* set_log_format("text" | "json"): the format of every later log line of
+ * this host (core.log and the host's own messages). Returns the old one. */
+static int l_set_log_format(lua_State *L)
+{
+    static const char *const names[] = {"text", "json", NULL};
+    kl_host *h = kl__host(L);
+    int old = h->log_json;
+    h->log_json = luaL_checkoption(L, 1, NULL, names);
+    lua_pushstring(L, names[old]);
+    return 1;
 }
 
 /* set_exit_code(n): what kl_host_exit_code reports (the CLI's exit status). */
@@ -318,6 +500,16 @@ int luaopen_kubelua_core(lua_State *L)
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
 
+    static const luaL_Reg sigwatch_methods[] = {
+        {"next", sigwatch_next}, {"close", sigwatch_close}, {0, 0}};
+    luaL_newmetatable(L, SIGWATCH_MT);
+    lua_newtable(L);
+    luaL_setfuncs(L, sigwatch_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, sigwatch_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
     static const luaL_Reg fns[] = {{"spawn", l_spawn},
                                    {"sleep", l_sleep},
                                    {"now", l_now},
@@ -325,9 +517,11 @@ int luaopen_kubelua_core(lua_State *L)
                                    {"cputime", l_cputime},
                                    {"waker", l_waker},
                                    {"log", l_log},
+                                   {"set_log_format", l_set_log_format},
                                    {"set_exit_code", l_set_exit_code},
                                    {"parked_count", l_parked_count},
                                    {"wait_signal", l_wait_signal},
+                                   {"signal_watch", l_signal_watch},
                                    {0, 0}};
     luaL_newlib(L, fns);
     lua_pushstring(L, KUBELUA_VERSION);

@@ -2,6 +2,7 @@
  * tasks on I/O and resumes them from the loop. */
 #include "host.h"
 
+#include <dlfcn.h>
 #include <luajit.h>
 #include <lualib.h>
 #include <signal.h>
@@ -34,22 +35,129 @@ struct kl_park {
 
 /* ---------------------------------------------------------------- logging */
 
-void kl__log(char level, const char *fmt, ...)
+/* Append s (n bytes) to out as JSON string content: quotes, backslashes and
+ * control characters escaped, invalid UTF-8 replaced by U+FFFD. Returns the
+ * new length (at most cap - 1: the rest is cut). */
+static size_t json_escape(char *out, size_t len, size_t cap, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (p < end && len + 8 < cap) {
+        unsigned c = *p;
+        if (c == '"' || c == '\\') {
+            out[len++] = '\\';
+            out[len++] = (char)c;
+            p++;
+        } else if (c == '\n' || c == '\t' || c == '\r') {
+            out[len++] = '\\';
+            out[len++] = c == '\n' ? 'n' : c == '\t' ? 't' : 'r';
+            p++;
+        } else if (c < 0x20 || c == 0x7f) {
+            len += (size_t)snprintf(out + len, cap - len, "\\u00%c%c", hex[c >> 4], hex[c & 15]);
+            p++;
+        } else if (c < 0x80) {
+            out[len++] = (char)c;
+            p++;
+        } else {
+            /* one whole, shortest-form UTF-8 sequence, else U+FFFD for this byte */
+            size_t k = c >= 0xc2 && c <= 0xdf   ? 2
+                       : c >= 0xe0 && c <= 0xef ? 3
+                       : c >= 0xf0 && c <= 0xf4 ? 4
+                                                : 0;
+            int ok = k > 0 && (size_t)(end - p) >= k;
+            for (size_t i = 1; ok && i < k; i++)
+                ok = (p[i] & 0xc0) == 0x80;
+            if (ok && k == 3)
+                ok = !(c == 0xe0 && p[1] < 0xa0) && !(c == 0xed && p[1] >= 0xa0);
+            if (ok && k == 4)
+                ok = !(c == 0xf0 && p[1] < 0x90) && !(c == 0xf4 && p[1] >= 0x90);
+            if (ok) {
+                memcpy(out + len, p, k);
+                len += k;
+                p += k;
+            } else {
+                memcpy(out + len, "\xef\xbf\xbd", 3);
+                len += 3;
+                p++;
+            }
+        }
+    }
+    return len;
+}
+
+#define LOG_MSG_MAX 4096
+
+/* One line of at most LOG_MSG_MAX bytes of msg, in the chosen format, with
+ * a single write. */
+static void log_line(int json, char level, const char *caller, const char *msg, size_t mlen)
 {
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    char line[2048];
-    int n = snprintf(line, sizeof line, "%c%02d%02d %02d:%02d:%02d.%06ld %7d kubelua] ", level,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000,
-                     (int)getpid());
+    if (mlen > LOG_MSG_MAX)
+        mlen = LOG_MSG_MAX;
+    char line[4 * LOG_MSG_MAX];
+    size_t len;
+    if (!json) {
+        int n = snprintf(line, sizeof line, "%c%02d%02d %02d:%02d:%02d.%06ld %7d kubelua] ", level,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                         ts.tv_nsec / 1000, (int)getpid());
+        len = n < 0 ? 0 : (size_t)n; /* short: the prefix always fits */
+        memcpy(line + len, msg, mlen);
+        len += mlen;
+        line[len++] = '\n';
+    } else {
+        const char *lv = level == 'E' ? "error" : level == 'W' ? "warning" : "info";
+        int n = snprintf(line, sizeof line,
+                         "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ\",\"level\":\"%s\","
+                         "\"pid\":%d,",
+                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                         tm.tm_sec, ts.tv_nsec / 1000, lv, (int)getpid());
+        len = n < 0 ? 0 : (size_t)n;
+        if (caller != NULL) {
+            memcpy(line + len, "\"caller\":\"", 10);
+            len = json_escape(line, len + 10, 512, caller, strlen(caller));
+            memcpy(line + len, "\",", 2);
+            len += 2;
+        }
+        memcpy(line + len, "\"msg\":\"", 7);
+        len = json_escape(line, len + 7, sizeof line - 3, msg, mlen);
+        memcpy(line + len, "\"}\n", 3);
+        len += 3;
+    }
+    fwrite(line, 1, len, stderr);
+}
+
+static void vlog(int json, char level, const char *caller, const char *fmt, va_list ap)
+{
+    char msg[LOG_MSG_MAX + 1];
+    int m = vsnprintf(msg, sizeof msg, fmt, ap);
+    log_line(json, level, caller, msg,
+             m < 0                     ? 0
+             : (size_t)m >= sizeof msg ? sizeof msg - 1
+                                       : (size_t)m);
+}
+
+void kl__logh_msg(kl_host *h, char level, const char *caller, const char *msg, size_t len)
+{
+    log_line(h != NULL && h->log_json, level, caller, msg, len);
+}
+
+void kl__log(char level, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    if (n > 0 && (size_t)n < sizeof line)
-        vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    vlog(0, level, NULL, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s\n", line);
+}
+
+void kl__logh(kl_host *h, char level, const char *caller, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(h != NULL && h->log_json, level, caller, fmt, ap);
+    va_end(ap);
 }
 
 int kl__push_error(lua_State *L, const char *code, const char *fmt, ...)
@@ -82,7 +190,7 @@ static void report_task_error(kl_host *h, lua_State *co, int status)
         msg = status == LUA_ERRMEM ? "out of memory" : "(error object is not a string)";
     /* The failed coroutine keeps its stack, so the traceback shows where. */
     luaL_traceback(h->L, co, msg, 0);
-    kl__log('E', "task failed: %s", lua_tostring(h->L, -1));
+    kl__logh(h, 'E', NULL, "task failed: %s", lua_tostring(h->L, -1));
     lua_pop(h->L, 1);
     h->task_errors++;
 }
@@ -122,9 +230,26 @@ static void on_idle(uv_idle_t *idle)
         uv_idle_stop(&h->idle);
 }
 
-static void find_lua_dir(kl_host *h, const char *given)
+/* Is <dir>/<rel>/kubelua a folder? Then <dir>/<rel> is the module folder.
+ * `file` is a path whose last component is dropped to get <dir>. */
+static int lua_dir_beside(kl_host *h, const char *file, const char *rel)
 {
     struct stat st;
+    char dir[900], cand[1024];
+    snprintf(dir, sizeof dir, "%s", file);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        return 0;
+    *slash = '\0';
+    snprintf(cand, sizeof cand, "%s/%s/kubelua", dir, rel);
+    if (stat(cand, &st) != 0 || !S_ISDIR(st.st_mode))
+        return 0;
+    snprintf(h->lua_dir, sizeof h->lua_dir, "%s/%s", dir, rel);
+    return 1;
+}
+
+static void find_lua_dir(kl_host *h, const char *given)
+{
     const char *env = getenv("KUBELUA_LUA_PATH");
     if (given != NULL) {
         snprintf(h->lua_dir, sizeof h->lua_dir, "%s", given);
@@ -134,20 +259,18 @@ static void find_lua_dir(kl_host *h, const char *given)
         snprintf(h->lua_dir, sizeof h->lua_dir, "%s", env);
         return;
     }
+    /* An installed libkubelua.so finds the modules installed with it, so a
+     * program built against any prefix works without KUBELUA_LUA_PATH.
+     * Linked statically, dladdr names the executable instead, and the
+     * exe-relative rule below applies. */
+    Dl_info info;
+    if (dladdr((void *)find_lua_dir, &info) != 0 && info.dli_fname != NULL &&
+        strchr(info.dli_fname, '/') != NULL && lua_dir_beside(h, info.dli_fname, KL_LIB_TO_LUA))
+        return;
     char exe[900];
     size_t len = sizeof exe;
-    if (uv_exepath(exe, &len) == 0) {
-        char *slash = strrchr(exe, '/');
-        if (slash != NULL) {
-            *slash = '\0';
-            char cand[1024];
-            snprintf(cand, sizeof cand, "%s/../share/kubelua/lua/kubelua", exe);
-            if (stat(cand, &st) == 0 && S_ISDIR(st.st_mode)) {
-                snprintf(h->lua_dir, sizeof h->lua_dir, "%s/../share/kubelua/lua", exe);
-                return;
-            }
-        }
-    }
+    if (uv_exepath(exe, &len) == 0 && lua_dir_beside(h, exe, KL_BIN_TO_LUA))
+        return;
     snprintf(h->lua_dir, sizeof h->lua_dir, "%s", KL_SOURCE_LUA_DIR);
 }
 

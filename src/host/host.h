@@ -32,6 +32,7 @@ struct kl_host {
     /* Interrupt support (REPL Ctrl-C, evaluation budgets). */
     volatile int interrupt_pending;
     int interruptible;
+    int log_json; /* kubelua.core.set_log_format("json"): JSON lines instead of klog text */
 };
 
 /* --- host ------------------------------------------------------------- */
@@ -41,6 +42,13 @@ kl_host *kl__host(lua_State *L);
 
 /* Log a line on stderr in klog style: level is 'I', 'W' or 'E'. */
 void kl__log(char level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The same, in h's log format (klog text, or one JSON object per line with
+ * ts, level, msg, pid and, when not NULL, caller "file:line"). */
+void kl__logh(kl_host *h, char level, const char *caller, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* The same with a message of `len` bytes (it may hold NULs), not a format. */
+void kl__logh_msg(kl_host *h, char level, const char *caller, const char *msg, size_t len);
 
 /* --- scheduler -------------------------------------------------------- */
 

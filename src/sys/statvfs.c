@@ -3,9 +3,12 @@
  *   local sys = require "kubelua.sys"
  *   sys.statvfs(path)   -> { capacity=, available=, free=, inodes=, inodes_free=,
  *                            inodes_available= }   (bytes and counts)
- *   sys.stat(path)      -> { type=, size=, mtime= }  (follows symlinks)
- *   sys.lstat(path)     -> { type=, size=, mtime= }  (the link itself)
- *                          type: "file" | "dir" | "link" | "other"
+ *   sys.stat(path)      -> { type=, size=, mtime=, uid=, gid=, mode= }  (follows symlinks)
+ *   sys.lstat(path)     -> { type=, size=, mtime=, uid=, gid=, mode= }  (the link itself)
+ *                          type: "file" | "dir" | "link" | "other";
+ *                          mode: the permission bits (mode & 07777)
+ *   sys.realpath(path)  -> the absolute path with every link resolved
+ *   sys.geteuid(), sys.getpid() -> numbers
  *   sys.readdir(path)   -> { name, ... }            (no "." or "..", unsorted)
  *   sys.readlink(path)  -> target
  *   sys.du(path)        -> bytes (apparent sizes of every file below path, links
@@ -24,6 +27,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -75,13 +79,42 @@ static const char *type_name(mode_t m)
 
 static int push_stat(lua_State *L, const struct stat *st)
 {
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 6);
     lua_pushstring(L, type_name(st->st_mode));
     lua_setfield(L, -2, "type");
     lua_pushnumber(L, (double)st->st_size);
     lua_setfield(L, -2, "size");
     lua_pushnumber(L, (double)st->st_mtim.tv_sec + (double)st->st_mtim.tv_nsec / 1e9);
     lua_setfield(L, -2, "mtime");
+    lua_pushnumber(L, (double)st->st_uid);
+    lua_setfield(L, -2, "uid");
+    lua_pushnumber(L, (double)st->st_gid);
+    lua_setfield(L, -2, "gid");
+    lua_pushnumber(L, (double)(st->st_mode & 07777));
+    lua_setfield(L, -2, "mode");
+    return 1;
+}
+
+static int l_realpath(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char *r = realpath(path, NULL);
+    if (r == NULL)
+        return push_errno(L, errno, "realpath", path);
+    lua_pushstring(L, r);
+    free(r);
+    return 1;
+}
+
+static int l_geteuid(lua_State *L)
+{
+    lua_pushnumber(L, (double)geteuid());
+    return 1;
+}
+
+static int l_getpid(lua_State *L)
+{
+    lua_pushnumber(L, (double)getpid());
     return 1;
 }
 
@@ -338,11 +371,19 @@ static int l_mkdir_p(lua_State *L)
 int luaopen_kubelua_sys(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        {"statvfs", l_statvfs},       {"stat", l_stat},
-        {"lstat", l_lstat},           {"readdir", l_readdir},
-        {"readlink", l_readlink},     {"du", l_du},
-        {"remove_all", l_remove_all}, {"fsync", l_fsync},
-        {"mkdir_p", l_mkdir_p},       {0, 0},
+        {"statvfs", l_statvfs},
+        {"stat", l_stat},
+        {"lstat", l_lstat},
+        {"readdir", l_readdir},
+        {"readlink", l_readlink},
+        {"du", l_du},
+        {"remove_all", l_remove_all},
+        {"fsync", l_fsync},
+        {"mkdir_p", l_mkdir_p},
+        {"realpath", l_realpath},
+        {"geteuid", l_geteuid},
+        {"getpid", l_getpid},
+        {0, 0},
     };
     lua_newtable(L);
     luaL_setfuncs(L, fns, 0);

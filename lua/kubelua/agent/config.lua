@@ -41,19 +41,24 @@ M.KEYS = {
   -- ours
   nodeName = { "string", "" },
   stateDir = { "string", "/var/lib/kubelua" },
+  controlSocket = { "string", "" }, -- `kubelua attach`: "" = <stateDir>/control.sock, "-" = none
   kubeconfig = { "string", "" },
   relistPeriod = { "duration", 1 },
   containerGCPeriod = { "duration", 60 },
   crashLoopBackOff = { "table", {} }, -- { initial = "10s", max = "5m", reset = "10m" }
-  policies = { "table", {} }, -- { gc = "path.lua", prober = "path.lua" }
+  policies = { "table", {} }, -- { gc = "path.lua", prober = "path.lua" }: kubelua.agent.policy
+  logFormat = { "string", "text" }, -- text (klog) | json
 }
 
 local UNITS = { ns = 1e-9, us = 1e-6, ["µs"] = 1e-6, ms = 1e-3, s = 1, m = 60, h = 3600 }
+-- Go's time.Duration is int64 nanoseconds: about 292 years. Longer is an
+-- error there ("invalid duration") and here (timers would overflow).
+M.MAX_DURATION = 9223372036.854775
 
 -- parse_duration("1h30m") -> seconds | nil
 function M.parse_duration(v)
   if type(v) == "number" then
-    return v >= 0 and v or nil
+    return v >= 0 and v <= M.MAX_DURATION and v or nil
   end
   if type(v) ~= "string" or v == "" then
     return nil
@@ -70,12 +75,19 @@ function M.parse_duration(v)
     total = total + tonumber(num) * UNITS[unit]
     rest = tail
   end
-  return total
+  return total <= M.MAX_DURATION and total or nil
 end
+
+-- Keys whose values may hold credentials: problems name the key, never the value.
+local SECRET = { staticPodURLHeader = true }
 
 local function check(key, spec, v, problems)
   local kind = spec[1]
   local function bad(why)
+    if SECRET[key] then
+      problems[#problems + 1] = string.format("%s: (a %s, not shown): %s", key, type(v), why)
+      return
+    end
     problems[#problems + 1] = string.format("%s: %s: %s", key, yaml.encode(v):gsub("\n$", ""), why)
   end
   if kind == "string" then
@@ -110,8 +122,8 @@ end
 -- validate(table) -> config | nil, problems (array of strings)
 function M.validate(raw)
   local problems, cfg = {}, {}
-  if type(raw) ~= "table" then
-    return nil, { "the configuration must be a mapping" }
+  if type(raw) ~= "table" or raw[1] ~= nil then
+    return nil, { "the configuration must be a mapping" .. (type(raw) == "table" and ", not a list" or "") }
   end
   for k in pairs(raw) do
     if not M.KEYS[k] and k ~= "apiVersion" and k ~= "kind" then
@@ -138,12 +150,50 @@ function M.validate(raw)
       problems[#problems + 1] = string.format("crashLoopBackOff.%s: %s: not a duration", k, tostring(v))
     end
   end
+  for k in pairs(cfg.crashLoopBackOff or {}) do
+    if k ~= "initial" and k ~= "max" and k ~= "reset" then
+      problems[#problems + 1] = string.format("crashLoopBackOff.%s: unknown key (initial, max, reset)", tostring(k))
+    end
+  end
+  -- kubelet's map[string][]string: a header name -> a value or a list of
+  -- values; values are credentials as often as not, so never echoed.
+  if type(cfg.staticPodURLHeader) == "table" then
+    local lines = {}
+    for name, vals in pairs(cfg.staticPodURLHeader) do
+      local at = "staticPodURLHeader." .. tostring(name)
+      if type(name) ~= "string" or not name:find("^[%w!#$%%&'*+%-.^_`|~]+$") then
+        problems[#problems + 1] = string.format("staticPodURLHeader: %q: not a header name", tostring(name))
+      else
+        vals = type(vals) == "table" and vals or { vals }
+        if next(vals) == nil then
+          problems[#problems + 1] = at .. ": needs a value"
+        end
+        for k, val in pairs(vals) do
+          if type(k) ~= "number" or type(val) ~= "string" or val:find("[%c]") then
+            problems[#problems + 1] = at .. ": (not shown): must be a string or a list of strings, without control characters"
+            break
+          end
+          lines[#lines + 1] = name .. ": " .. val
+        end
+      end
+    end
+    table.sort(lines)
+    cfg.staticPodURLHeader = lines -- "Name: value" lines, as kubelua.http takes them
+  end
+  if cfg.nodeName and cfg.nodeName ~= "" and (#cfg.nodeName > 253
+    or not cfg.nodeName:find("^[a-z0-9][-a-z0-9.]*$") or not cfg.nodeName:find("[a-z0-9]$")) then
+    problems[#problems + 1] = string.format("nodeName: %q: must be a lower-case RFC 1123 subdomain (at most 253 characters)",
+      #cfg.nodeName > 80 and cfg.nodeName:sub(1, 80) .. "..." or cfg.nodeName)
+  end
   for name, path in pairs(cfg.policies or {}) do
     if name ~= "gc" and name ~= "prober" then
       problems[#problems + 1] = string.format("policies.%s: unknown policy (gc, prober)", tostring(name))
     elseif type(path) ~= "string" then
       problems[#problems + 1] = string.format("policies.%s: must be a file path", tostring(name))
     end
+  end
+  if cfg.logFormat and cfg.logFormat ~= "text" and cfg.logFormat ~= "json" then
+    problems[#problems + 1] = string.format("logFormat: %s: must be text or json", cfg.logFormat)
   end
   if cfg.nodeName == "" then
     cfg.nodeName = hostname()

@@ -11,7 +11,8 @@ removed pods and (with --images) unused images, once, with kubelet's rules.
   --json                     print the plan or result as JSON
   --images                   image GC too, after container GC
   --images-only              image GC only
-  --policy FILE              a Lua file returning { gc = {...}, image_gc = {...} }: options
+  --policy FILE              the agent's gc policy file ({ containers =, sandboxes =, logs =,
+                             options = }), or { gc = {...}, image_gc = {...} }: options
                              and hooks of kubelua.gc / kubelua.image_gc
   --from FILE                plan against a recording (`kubelua record`) instead of the runtime
   --endpoint EP              runtime endpoint (default $CONTAINER_RUNTIME_ENDPOINT)
@@ -171,6 +172,16 @@ function M.main(args)
     if not ok or type(p) ~= "table" then
       io.stderr:write("kubelua gc: policy ", o.policy, ": ", ok and "does not return a table" or tostring(p), "\n")
       return core.set_exit_code(1)
+    end
+    if p.gc == nil and p.image_gc == nil then
+      -- the agent's format (policies.gc): checked as the agent checks it
+      local pol, problems = require("kubelua.agent.policy").load_file("gc", o.policy, { trust = true })
+      if not pol then
+        io.stderr:write("kubelua gc: ", table.concat(problems, "\n  "), "\n")
+        return core.set_exit_code(1)
+      end
+      p = { gc = pol.options }
+      p.gc.hooks = pol.hooks
     end
     merge(o.gc, p.gc)
     merge(o.image_gc, p.image_gc)
