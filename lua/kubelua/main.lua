@@ -14,6 +14,8 @@ usage: kubelua [COMMAND] [ARGS]
   run SCRIPT [ARGS...]   run a Lua script in a task (I/O parks it, never the loop)
   -e CODE                run CODE; values it returns are printed
   repl                   interactive prompt (the default on a terminal)
+  agent [--config FILE]  the node agent (static pods, /healthz, /metrics, /pods)
+  attach [-e CODE]       a prompt inside the running agent (its control socket)
   version                the runtime's name and versions (--client: kubelua's)
   --version              kubelua's version
   help                   this text
@@ -55,6 +57,7 @@ local function protected(f, ...)
   return true, unpack(res, 2, table.maxn(res))
 end
 
+-- run_file(path, args): `kubelua run`: run a script with args as its varargs and `arg`.
 function M.run_file(path, args)
   local f, err = loadfile(path)
   if not f then
@@ -64,9 +67,14 @@ function M.run_file(path, args)
   protected(f, unpack(args))
 end
 
+-- eval(code): `kubelua -e`: run a chunk, print what it returns.
 function M.eval(code)
-  local f = loadstring("return " .. code, "=(command line)")
-  local err
+  local f, err
+  -- An expression is tried with "return " first; code that starts with
+  -- `return` skips that (a failed parse costs a Lua error and an unwind).
+  if not code:find("^%s*return%f[^%w_]") then
+    f = loadstring("return " .. code, "=(command line)")
+  end
   if not f then
     f, err = loadstring(code, "=(command line)")
   end
@@ -79,6 +87,7 @@ function M.eval(code)
   end
 end
 
+-- main(argv): the command line (src/cli/main.c calls it in a task).
 function M.main(argv)
   local cmd = argv[1]
   local rest = { unpack(argv, 2, table.maxn(argv)) }
