@@ -18,10 +18,19 @@
 -- calls, twice that for RunPodSandbox, timeout + the grace period for
 -- StopContainer, timeout + the command's timeout for ExecSync (none when
 -- that is 0), none for PullImage and streams. `opts.timeout` overrides.
+--
+-- Call accounting: `rt.on_call = function(rpc, code, seconds)` is told of
+-- every call made through this client (rpc: "RunPodSandbox"; code: the gRPC
+-- status name, "OK" on success; seconds: until the answer, or until a stream
+-- opened). It is nil unless set (the agent sets it for /metrics): then a call
+-- costs one field look-up more. Its errors are ignored.
 local grpc = require "kubelua.grpc"
+local monotime = require("kubelua.core").monotime
 
 local M = {}
 
+-- Endpoint when neither the argument nor $CONTAINER_RUNTIME_ENDPOINT gives one,
+-- and the runtime request timeout in seconds (kubelet's 2 min).
 M.DEFAULT_ENDPOINT = "unix:///run/containerd/containerd.sock"
 M.DEFAULT_TIMEOUT = 120
 
@@ -136,12 +145,17 @@ local function unary_method(m, snake, service)
     if timeout == nil then
       timeout = rule and rule(self.timeout, req) or self.timeout
     end
+    local on_call = self.on_call
+    local t0 = on_call and monotime()
     local resp, err, code = self[service]:unary(m, req, timeout)
     if resp and check then
       local why = check(resp, req)
       if why then
-        return nil, "INTERNAL: " .. m.path .. ": " .. why, "INTERNAL"
+        resp, err, code = nil, "INTERNAL: " .. m.path .. ": " .. why, "INTERNAL"
       end
+    end
+    if on_call then
+      pcall(on_call, m.name, code or "OK", monotime() - t0)
     end
     return resp, err, code
   end
@@ -155,7 +169,12 @@ local function stream_method(m, service)
     elseif type(opts_or_fn) == "table" then
       timeout = opts_or_fn.timeout or 0
     end
+    local on_call = self.on_call
+    local t0 = on_call and monotime()
     local st, err, code = self[service]:stream(m, req or EMPTY, timeout)
+    if on_call then
+      pcall(on_call, m.name, code or "OK", monotime() - t0)
+    end
     if not st then
       return nil, err, code
     end
@@ -221,11 +240,26 @@ function M.connect(endpoint, opts)
   }, Client)
 end
 
+-- rt:close(): close the connection(s); later calls reconnect.
 function Client:close()
   self.runtime:close()
   if self.image ~= self.runtime then
     self.image:close()
   end
+end
+
+-- rt:unary_raw(m, req, timeout) -> the response's bytes | nil, err, code: a
+-- unary call (m from kubelua.grpc.methods()) left undecoded, for callers that
+-- walk the bytes in C (the PLEG's relist); accounted as every other call.
+function Client:unary_raw(m, req, timeout)
+  local on_call = self.on_call
+  local t0 = on_call and monotime()
+  local ch = SERVICES[m.service] == "image" and self.image or self.runtime
+  local bytes, err, code = ch:unary_raw(m, req or EMPTY, timeout or self.timeout)
+  if on_call then
+    pcall(on_call, m.name, code or "OK", monotime() - t0)
+  end
+  return bytes, err, code
 end
 
 -- Transport counters of the runtime connection: {connects, writes, calls}.

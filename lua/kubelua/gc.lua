@@ -30,6 +30,7 @@
 --                           true, false, or nil (default: in dry runs only)
 --   clock                   function() -> seconds (default: the runtime's clock, else task.now)
 --   on_event(kind, reason, message)  node events (ContainerGCFailed)
+--   on_result(res)          after every run that is not a dry run (metrics)
 --   sys                     the file-system primitives (default kubelua.sys; specs may replace them)
 --
 -- Without config or pod_removed, no pod counts as removed (kubelet's answer
@@ -49,6 +50,7 @@
 --
 -- The result (also the plan of a dry run):
 --   { dry_run =, time =, sources_ready =, bytes = (known bytes freed),
+--     sizes_error = (why the runtime gave no container sizes, when asked),
 --     containers = { { id =, name =, pod_uid =, sandbox_id =, state =, created = (seconds),
 --                      rule =, kill_first =, bytes = (false: unknown), done =, error =,
 --                      raw = (the CRI Container), finished =, exit_code = (when fetched);
@@ -70,6 +72,7 @@ local M = {}
 
 M.PERIOD = 60 -- ContainerGCPeriod
 M.KILL_GRACE = 2 -- minimumGracePeriodInSeconds
+-- Option values gc.new uses when they are not given (kubelet's).
 M.DEFAULTS = {
   min_age = 0,
   max_per_pod_container = 1,
@@ -92,7 +95,7 @@ local OPTIONS = {
   container_logs_dir = "string|boolean", config = "table", sources_ready = "boolean|function",
   pod_removed = "function", pod_terminated = "function", hooks = "table", kill_grace = "number",
   concurrency = "number", clock = "function|table", on_event = "function", sys = "table",
-  container_sizes = "boolean",
+  container_sizes = "boolean", on_result = "function",
 }
 
 local function check_options(opts)
@@ -123,6 +126,7 @@ local function check_options(opts)
   end
 end
 
+-- secs(ns) -> seconds (a float) from CRI nanoseconds (number or boxed int64).
 local function secs(ns)
   return (tonumber(ns) or 0) / 1e9
 end
@@ -131,6 +135,7 @@ M.secs = secs
 local GC = {}
 GC.__index = GC
 
+-- new(opts) -> a collector (g); the options are listed above. Misuse throws.
 function M.new(opts)
   assert(type(opts) == "table", "kubelua.gc.new: options table expected")
   check_options(opts)
@@ -150,6 +155,7 @@ end
 
 -- ------------------------------------------------------------ pod state
 
+-- g:all_sources_ready() -> whether every pod source has synced (sources_ready, else config).
 function GC:all_sources_ready()
   local s = self.sources_ready
   if type(s) == "function" then
@@ -347,9 +353,14 @@ local function fetch_statuses(self, entries)
 end
 
 -- Writable layer sizes, when the runtime reports them (one call; optional).
+-- -> sizes [, err]: err when the runtime answered with an error (e.g.
+-- UNIMPLEMENTED), so a plan can say its byte counts lack the containers.
 local function fetch_sizes(self)
-  local ok, r = pcall(self.runtime.list_container_stats, self.runtime, {})
+  local ok, r, err = pcall(self.runtime.list_container_stats, self.runtime, {})
   local sizes = {}
+  if ok and not r and err then
+    return sizes, tostring(err)
+  end
   if ok and r then
     for _, s in ipairs(r.stats or {}) do
       local wl = s.writable_layer
@@ -691,7 +702,7 @@ end
 -- g:run{ dry_run =, evict_non_deleted = } -> result | nil, err, code, result
 -- evict_non_deleted: also remove whatever belongs to terminated pods
 -- (kubelet's DeleteAllUnusedContainers, used under disk pressure).
-function GC:run(opts)
+local function run(self, opts)
   opts = opts or {}
   local res = {
     dry_run = opts.dry_run and true or false,
@@ -716,7 +727,10 @@ function GC:run(opts)
   if sizes == nil then
     sizes = res.dry_run
   end
-  res._sizes = (sizes and #containers > 0) and fetch_sizes(self) or {}
+  res._sizes = {}
+  if sizes and #containers > 0 then
+    res._sizes, res.sizes_error = fetch_sizes(self)
+  end
   local ok, err, code = make_plan(self, opts, res)
   if not ok then
     res.containers, res.sandboxes, res.log_dirs, res.log_links = {}, {}, {}, {}
@@ -732,6 +746,17 @@ function GC:run(opts)
   remove_sandboxes(self, res)
   remove_logs(self, res)
   return finish(res)
+end
+
+-- on_result(res) (an option) sees every run that was not a dry run, failed
+-- ones included (their partial result).
+function GC:run(opts)
+  local res, err, code, partial = run(self, opts)
+  local r = res or partial
+  if self.on_result and r and not r.dry_run then
+    pcall(self.on_result, r)
+  end
+  return res, err, code, partial
 end
 
 -- The plan alone (a dry run): nothing is touched.
@@ -758,6 +783,7 @@ function GC:start(opts)
   end)
 end
 
+-- g:stop(): end the periodic runs g:start() began.
 function GC:stop()
   local loop = self.loop
   self.loop = nil

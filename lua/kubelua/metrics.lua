@@ -19,9 +19,12 @@
 --   gauge:   g:set(labels, v), g:inc(labels, n=1), g:dec(labels, n=1), g:get(labels)
 --   histogram: h:observe(labels, v), h:get(labels) -> { count =, sum =, buckets = {...} }
 --   any:     m:remove(labels) drops one series, m:reset() all of them
+--   m:child(labels) -> child with inc(n)/set(v)/observe(v)/get() for one series,
+--            bound once so hot paths do no label work per update
 -- render(registry?) -> text: families sorted by name, series by label values.
 local M = {}
 
+-- Histogram buckets (seconds) when none are given: Prometheus' defaults.
 M.DEFAULT_BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
 
 local Registry = {}
@@ -59,8 +62,7 @@ local function series_key(m, labels)
   return table.concat(vals, "\0"), vals
 end
 
-local function get_series(m, labels)
-  local key, vals = series_key(m, labels)
+local function add_series(m, key, vals)
   local s = m.series[key]
   if s == nil then
     s = { values = vals, value = 0 }
@@ -73,6 +75,11 @@ local function get_series(m, labels)
     m.series[key] = s
   end
   return s
+end
+
+local function get_series(m, labels)
+  local key, vals = series_key(m, labels)
+  return add_series(m, key, vals)
 end
 
 local Metric = {}
@@ -110,6 +117,19 @@ function Metric:set(labels, v)
   get_series(self, labels).value = v
 end
 
+-- one observation into series s of histogram m
+local function observe_series(m, s, v)
+  s.count = s.count + 1
+  s.sum = s.sum + v
+  local b = m.buckets
+  for i = 1, #b do
+    if v <= b[i] then
+      s.counts[i] = s.counts[i] + 1
+      break
+    end
+  end
+end
+
 function Metric:observe(labels, v)
   if self.type ~= "histogram" then
     error("kubelua.metrics: " .. self.name .. ": only a histogram observes", 2)
@@ -117,16 +137,58 @@ function Metric:observe(labels, v)
   if type(v) ~= "number" then
     error("kubelua.metrics: " .. self.name .. ": value must be a number", 2)
   end
-  local s = get_series(self, labels)
-  s.count = s.count + 1
-  s.sum = s.sum + v
-  local b = self.buckets
-  for i = 1, #b do
-    if v <= b[i] then
-      s.counts[i] = s.counts[i] + 1
-      break
-    end
+  observe_series(self, get_series(self, labels), v)
+end
+
+-- m:child(labels) -> a child bound to one series, for hot paths: its
+-- inc(n), set(v) and observe(v) skip the label look-up and allocate nothing.
+-- A child outlives remove()/reset(): its next update starts the series anew.
+local Child = {}
+Child.__index = Child
+
+function Metric:child(labels)
+  local key, vals = series_key(self, labels)
+  add_series(self, key, vals)
+  return setmetatable({ metric = self, key = key, values = vals }, Child)
+end
+
+local function child_series(c)
+  local m = c.metric
+  return m.series[c.key] or add_series(m, c.key, c.values), m
+end
+
+function Child:inc(n)
+  local s, m = child_series(self)
+  n = n or 1
+  if type(n) ~= "number" or m.type == "histogram" or (m.type == "counter" and n < 0) then
+    error("kubelua.metrics: " .. m.name .. ": a " .. m.type .. " child cannot be incremented by " ..
+      tostring(n), 2)
   end
+  s.value = s.value + n
+end
+
+function Child:set(v)
+  local s, m = child_series(self)
+  if m.type ~= "gauge" or type(v) ~= "number" then
+    error("kubelua.metrics: " .. m.name .. ": only a gauge child can be set, to a number", 2)
+  end
+  s.value = v
+end
+
+function Child:observe(v)
+  local s, m = child_series(self)
+  if m.type ~= "histogram" or type(v) ~= "number" then
+    error("kubelua.metrics: " .. m.name .. ": only a histogram child observes, a number", 2)
+  end
+  observe_series(m, s, v)
+end
+
+function Child:get()
+  local labels = {}
+  for i, n in ipairs(self.metric.labels) do
+    labels[n] = self.values[i]
+  end
+  return self.metric:get(labels)
 end
 
 function Metric:get(labels)

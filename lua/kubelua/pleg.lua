@@ -33,9 +33,10 @@ local grpc = require "kubelua.grpc"
 local task = require "kubelua.task"
 
 local M = {}
-M.RELIST_PERIOD = 1
+M.RELIST_PERIOD = 1 -- seconds between relists
 M.RELIST_THRESHOLD = 180 -- 3 min
-M.EVENTED_MAX_RETRIES = 5
+M.EVENTED_MAX_RETRIES = 5 -- event stream failures before falling back to relisting
+M.LOG_REPEAT = 60 -- seconds before the same relist error is logged again
 
 local methods = grpc.methods()
 local LIST_CONTAINERS = methods["/runtime.v1.RuntimeService/ListContainers"]
@@ -85,6 +86,7 @@ function M.new(opts)
     period = opts.period or M.RELIST_PERIOD,
     threshold = opts.threshold or M.RELIST_THRESHOLD,
     timeout = opts.timeout or opts.client.timeout,
+    on_relist = opts.on_relist, -- fn(seconds, ok) after every relist (metrics)
     clock = opts.clock or task.now,
     subscribers = {},
     snap = nil,
@@ -117,11 +119,11 @@ function Pleg:emit(ev)
 end
 
 -- One relist; returns true or nil, err, code (and then changes nothing).
-function Pleg:relist()
+local function relist(self)
   local t = self.clock()
   local raw = task.gather({
-    function() return self.client.runtime:unary_raw(LIST_CONTAINERS, {}, self.timeout) end,
-    function() return self.client.runtime:unary_raw(LIST_SANDBOXES, {}, self.timeout) end,
+    function() return self.client:unary_raw(LIST_CONTAINERS, {}, self.timeout) end,
+    function() return self.client:unary_raw(LIST_SANDBOXES, {}, self.timeout) end,
   })
   for _, r in ipairs(raw) do
     if not r[1] or r[2] == nil then
@@ -186,6 +188,15 @@ function Pleg:relist()
     self.cache:update_time(t)
   end
   return true
+end
+
+function Pleg:relist()
+  local t0 = task.monotime()
+  local ok, err, code = relist(self)
+  if self.on_relist then
+    pcall(self.on_relist, task.monotime() - t0, ok == true)
+  end
+  return ok, err, code
 end
 
 -- true | false, reason (kubelet's wording)
@@ -268,10 +279,25 @@ function Pleg:start()
         self.mode = "generic"
       end
     end
+    -- Failures are logged as kubelet's logreduction does: the same error
+    -- (the client's "retrying in" hint aside) at most once a minute, and one
+    -- line when relisting works again (kubernetes#101056 asks for it).
+    local failing, logged_at, failures = nil, 0, 0
     while self.running do
       local ok, err = self:relist()
       if not ok then
-        core.log("E", "pleg: relist failed: " .. tostring(err))
+        failures = failures + 1
+        local key = tostring(err):gsub(" %(retrying in at most %d+ ms%)$", "")
+        local now = task.monotime()
+        if key ~= failing or now - logged_at >= M.LOG_REPEAT then
+          core.log("E", "pleg: relist failed: " .. tostring(err))
+          failing, logged_at = key, now
+        end
+      else
+        if failing then
+          core.log("I", string.format("pleg: relisting works again after %d failed relists", failures))
+        end
+        failing, failures = nil, 0
       end
       self.wake:wait(self.period)
     end

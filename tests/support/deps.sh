@@ -26,6 +26,10 @@ PACKAGES=(
     containerd runc busybox-static
     # helpers used by tests
     python3 python3-h2 python3-grpcio python3-yaml tmux iproute2 openssl nginx-light curl
+    # promtool and a Prometheus server check the agent's /metrics
+    prometheus
+    # memory checking of the C code (the valgrind.* ctest tests)
+    valgrind
     # JSON for the Kubernetes API client
     lua-cjson
 )
