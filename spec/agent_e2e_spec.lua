@@ -55,12 +55,13 @@ write(cfgfile, string.format([[
 containerRuntimeEndpoint: %s
 staticPodPath: %s
 podLogsDir: %s
+stateDir: %s/state
 nodeName: %s
 healthzPort: %d
 relistPeriod: 200ms
 containerGCPeriod: 1m
 fileCheckFrequency: 5s
-]], ctd.endpoint, pods, logs, NODE, port))
+]], ctd.endpoint, pods, logs, dir, NODE, port))
 
 local pid
 

@@ -133,6 +133,34 @@ t.describe("a pod's life", function()
     end)
   end)
 
+  t.it("changed(gen) lists a pod when its state or probe results change, not on quiet resyncs", function()
+    with_podsync(nil, function(ps)
+      local uids, gen = ps:changed(0)
+      t.eq(#uids, 0, "nothing before the first update")
+      ps:update{ op = "ADD", source = "file", pods = { pod } } -- adopts the running container
+      uids, gen = ps:changed(gen)
+      t.eq(uids, { uid }, "a new pod is a change")
+      t.ok(S.wait_for(function()
+        local st = ps:status(uid)
+        return st and st.status.phase == "Running"
+      end, 10), "adopted and Running")
+      local syncs = ps:status(uid).syncs
+      uids, gen = ps:changed(gen)
+      task.sleep(1) -- about ten resyncs at 0.1 s, with nothing to do
+      t.ok(ps:status(uid).syncs >= syncs + 3, "the worker kept resyncing")
+      uids, gen = ps:changed(gen)
+      t.eq(#uids, 0, "quiet resyncs are not changes")
+      local id = ps:status(uid).containers.app.id
+      ps:on_probe_result(uid, "app", "readiness", "Success", id)
+      uids, gen = ps:changed(gen)
+      t.eq(uids, { uid }, "a new probe result is a change")
+      ps:on_probe_result(uid, "app", "readiness", "Success", id)
+      uids, gen = ps:changed(gen)
+      t.eq(#uids, 0, "the same result again is not")
+      t.eq(ps:status(uid).containers.app.id, id, "still the adopted container")
+    end)
+  end)
+
   t.it("a second podsync on the same runtime adopts the pod; UPDATE replaces the container", function()
     with_podsync(nil, function(ps)
       local before = running(uid, "app")
@@ -207,12 +235,15 @@ t.describe("restarts", function()
         t.eq(c.metadata.attempt, i - 1)
         t.eq(c.annotations["io.kubernetes.container.restartCount"], tostring(i - 1))
       end
-      -- kubelet's sequence: the first restart at once, then initial doubling to max
+      -- kubelet's sequence: the first restart at once, then initial doubling to
+      -- max. The lower bound is the back-off; the upper one only says nothing
+      -- stalled (it includes PLEG noticing the exit and CreateContainer, which
+      -- take a while on a loaded machine).
       local want = { 0, 0.2, 0.4, 0.8, 1 }
       for i = 1, 5 do
         do
           local gap = (tonumber(st[i + 1].started_at) - tonumber(st[i].finished_at)) / 1e9
-          t.ok(gap >= want[i] - 0.02 and gap < want[i] + 0.5,
+          t.ok(gap >= want[i] - 0.02 and gap < want[i] + 2,
             string.format("restart %d after %.3f s (want %.1f s)", i, gap, want[i]))
         end
       end

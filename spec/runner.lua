@@ -14,6 +14,9 @@ local core = require "kubelua.core"
 local pretty = require "kubelua.pretty"
 
 local file = assert(arg[1], "usage: runner.lua SPEC_FILE")
+-- Specs pick ports and names with math.random: seed it per process so two
+-- specs (or two runs) do not draw the same numbers.
+math.randomseed(os.time() * 1000 + require("kubelua.sys").getpid() % 1000)
 package.path = file:match("^(.*)/[^/]*$") .. "/../?.lua;" .. package.path
 
 local t = {}

@@ -89,9 +89,11 @@ local core = require "kubelua.http.core"
 
 local M = {}
 
+-- Every CODE a request can fail with (the third result), CURLcode numbers mapped by code_name.
 M.CODES = { "TIMEOUT", "CONNECT", "DNS", "PROXY", "TLS", "HTTP2", "TOO_LARGE", "REDIRECTS", "URL",
   "CLOSED", "IO", "PROTOCOL", "ERROR", "CANCELLED" }
 
+-- Options request{} and open{} fill in when a call leaves them out.
 M.defaults = {
   method = "GET",
   timeout = 10,
@@ -137,7 +139,8 @@ local function header_lines(h, given)
       end
       local name = v:match("^([^:;]*)[:;]")
       if not name or not name:find(TOKEN) then
-        bad("headers", string.format("entry %d %q is not a \"Name: value\" line", k, v))
+        -- the line may carry a credential: say where, not what
+        bad("headers", string.format("entry %d (%d bytes) is not a \"Name: value\" line", k, #v))
       end
       no_ctl("headers", v)
       lines[#lines + 1] = v
@@ -299,6 +302,7 @@ end
 
 -- code_name(curlcode) -> the CODE a libcurl CURLcode number maps to
 M.code_name = core.code_name
+-- curl_version() -> libcurl's version string (the libcurl.so.4 loaded on first use).
 M.curl_version = core.version
 
 return M

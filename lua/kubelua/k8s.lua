@@ -50,6 +50,7 @@ local M = {}
 M.json = json
 M.config = config
 
+-- Options connect{} fills in when left out.
 M.defaults = {
   timeout = 30, -- seconds for a request (watches set their own)
   max_body = 256 * 1024 * 1024, -- bytes of one response (a big unpaged list)
@@ -79,6 +80,7 @@ end
 
 -- ------------------------------------------------------------------ paths
 
+-- escape(s) -> s percent-encoded for one path segment or query value.
 local function escape(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(c)
     return string.format("%%%02X", c:byte())
@@ -194,6 +196,15 @@ function M.new(cfg, opts)
   local tls = { verify_tls = not cfg.insecure, ca_file = cfg.ca_file, cert_file = cfg.cert_file,
     key_file = cfg.key_file, proxy = cfg.proxy }
   local auth = cfg.authorization
+  -- Verification is on unless the kubeconfig says insecure-skip-tls-verify:
+  -- true; say so whenever a client is made without it (or without TLS).
+  if cfg.insecure then
+    require("kubelua.core").log("W", string.format("k8s: %s: insecure-skip-tls-verify is set: the API server's "
+      .. "certificate is not verified", tostring(cfg.source or self.server)))
+  elseif self.server:find("^http://") and auth then
+    require("kubelua.core").log("W", string.format("k8s: %s: credentials are sent over plain HTTP to %s",
+      tostring(cfg.source or "config"), self.server))
+  end
   -- The request options a call starts from; the credentials stay in this
   -- closure, out of the client table.
   function self._base(timeout, extra_headers)
@@ -414,6 +425,7 @@ function Client:update(path, obj, opts)
   return self:request { method = "PUT", path = path, body = obj, query = write_query(opts) }
 end
 
+-- Content types of patch{type=}: merge, strategic, json and apply.
 M.PATCH_TYPES = {
   merge = "application/merge-patch+json",
   strategic = "application/strategic-merge-patch+json",

@@ -66,6 +66,8 @@ local task = require "kubelua.task"
 
 local M = {}
 
+local RESULTS = { success = true, warning = true, failure = true, unknown = true }
+
 M.KINDS = { "startup", "readiness", "liveness" } -- kubelet's creation order
 local FIELD = { liveness = "livenessProbe", readiness = "readinessProbe", startup = "startupProbe" }
 local LABEL = { liveness = "Liveness", readiness = "Readiness", startup = "Startup" }
@@ -214,6 +216,8 @@ end
 local Results = {}
 Results.__index = Results
 
+-- results(log) -> a results manager: the latest result per container and probe kind,
+-- with subscribers told of changes (kubelet's results.Manager).
 function M.results(log)
   return setmetatable({ map = { liveness = {}, readiness = {}, startup = {} }, subs = {},
     log = log or core.log }, Results)
@@ -337,6 +341,13 @@ local function run_once(w, pod, cs)
     end
     if not ok then
       result, output, details = "unknown", tostring(result), { error = tostring(result) }
+    elseif wrap and not (RESULTS[result] and (output == nil or type(output) == "string")
+      and (details == nil or type(details) == "table")) then
+      -- a policy's garbage is an error of that probe run, never a verdict
+      local why = string.format("policy wrap_probe returned %s, %s, %s (want a result of success, warning,"
+        .. " failure or unknown, an output string, a details table)", type(result) == "string"
+        and string.format("%q", result:sub(1, 40)) or type(result), type(output), type(details))
+      result, output, details = "unknown", why, { error = why }
     end
     details = details or {}
     output = output or ""
@@ -345,6 +356,8 @@ local function run_once(w, pod, cs)
       local meta = pod.metadata or {}
       local labels = { probe_type = LABEL[w.kind], container = w.container_name,
         pod = meta.name, namespace = meta.namespace }
+      w.metric_labels = w.metric_labels or { probe_type = labels.probe_type, container = labels.container,
+        pod = labels.pod, namespace = labels.namespace }
       m.duration:observe(labels, details.duration or (mgr.clock.now() - t0))
       labels.result = (details.error and "unknown") or
         ((result == "success" or result == "warning") and "successful") or
@@ -467,10 +480,13 @@ local function worker_loop(w)
     local delay = period
     if mgr.policy.next_delay then
       local okd, d = pcall(mgr.policy.next_delay, w, period)
-      if okd and type(d) == "number" and d >= 0 then
+      if okd and type(d) == "number" and d >= 0 and d < math.huge then
         delay = d
       elseif not okd then
         mgr.log("E", "prober: policy next_delay failed: " .. tostring(d))
+      else
+        mgr.log("E", string.format("prober: policy next_delay returned %s, not a number of seconds >= 0;"
+          .. " using the period (%g s)", type(d) == "number" and tostring(d) or type(d), period))
       end
     end
     -- A ticker: the next run is due one delay after the last due time,
@@ -484,7 +500,11 @@ local function worker_loop(w)
       end
     end
     while not w.stopped do
-      local woken = w.ev:wait(next_at - clock.now())
+      -- never a negative wait: the event reads it as "no limit", and the
+      -- clock can pass next_at between the check above and this call (or a
+      -- next_delay of 0 makes next_at = now), which parked the worker for
+      -- good (seen with 100 pods in bench/agent)
+      local woken = w.ev:wait(math.max(0, next_at - clock.now()))
       if woken or clock.now() >= next_at then
         break -- a manual trigger, a stop, or the time is up
       end
@@ -495,6 +515,17 @@ local function worker_loop(w)
   end
   if mgr.workers[w.key] == w then
     mgr.workers[w.key] = nil
+  end
+  -- A removed pod's series go with its worker, as kubelet deletes them when
+  -- a probe worker stops: with pods churning they otherwise pile up (14
+  -- series per probe: bench/soak saw them grow Lua memory and /metrics).
+  local m, l = mgr.metrics, w.metric_labels
+  if m and l and not mgr.workers[w.key] then
+    m.duration:remove(l)
+    for _, r in ipairs({ "successful", "failed", "unknown" }) do
+      m.total:remove({ probe_type = l.probe_type, result = r, container = l.container, pod = l.pod,
+        namespace = l.namespace })
+    end
   end
   w.exited = true
 end

@@ -934,6 +934,9 @@ kl_grpc_call *kl_grpc_call_start(kl_grpc_channel *ch, const char *path, kl_buf *
         uv_timer_init(ch->loop, &call->timer);
         call->timer.data = call;
         call->has_timer = 1;
+        /* the loop's cached clock is stale after a long callback or a
+         * blocking caller: the deadline counts from now */
+        uv_update_time(ch->loop);
         uv_timer_start(&call->timer, on_deadline, (uint64_t)(timeout_s * 1000.0 + 0.5), 0);
     }
     ch->stats.calls++;

@@ -6,6 +6,9 @@
  *   local resp, err, code = ch:unary(m, {}, 2)      -- parks the task
  *   local st = ch:stream(m2, {}, 0); local msg = st:recv()
  *
+ * grpc.MAX_MESSAGE: the largest message accepted in either direction
+ * (bytes; RESOURCE_EXHAUSTED beyond).
+ *
  * Requests that do not fit their message type throw (a programming
  * mistake); everything the server or the network does comes back as
  * nil, "CODE: message", "CODE".
@@ -101,12 +104,16 @@ static void unary_on_done(void *ud, int code, const char *message)
     } else {
         if (u->decoded)
             lua_settop(co, u->base);
-        if (code == KL_GRPC_OK) {
-            code = KL_GRPC_INTERNAL;
-            message = u->decode_err;
+        if (code == KL_GRPC_OK && u->decode_err[0]) {
+            nres =
+                kl__push_error(co, "INTERNAL", "%s: cannot decode %s", u->m->path, u->decode_err);
+        } else if (code == KL_GRPC_OK) {
+            nres = kl__push_error(co, "INTERNAL", "%s: the server sent no response message",
+                                  u->m->path);
+        } else {
+            nres = kl__push_error(co, kl_grpc_code_name(code), "%s: %s", u->m->path,
+                                  message && *message ? message : "(no message)");
         }
-        nres = kl__push_error(co, kl_grpc_code_name(code), "%s: %s", u->m->path,
-                              message && *message ? message : "(no message)");
     }
     kl__park_resume(u->park, nres);
     free(u);
@@ -197,7 +204,7 @@ static int stream_push_next(lua_State *L, stream *s)
         int rc = kl_pb_decode(L, kl_pb_context(L), s->m->out, q->data, q->len, err, sizeof err);
         free(q);
         if (rc != 0)
-            return kl__push_error(L, "INTERNAL", "%s: %s", s->m->path, err);
+            return kl__push_error(L, "INTERNAL", "%s: cannot decode %s", s->m->path, err);
         return 1;
     }
     if (s->code == KL_GRPC_OK) {
@@ -358,6 +365,7 @@ static int l_channel(lua_State *L)
     return 1;
 }
 
+/* ch:close(): drop the connection and fail its calls; the channel is unusable after. */
 static int channel_close(lua_State *L)
 {
     channel_ud *u = luaL_checkudata(L, 1, CHANNEL_MT);
@@ -368,6 +376,7 @@ static int channel_close(lua_State *L)
     return 0;
 }
 
+/* ch:stats() -> { connects =, writes =, calls = }: transport counters of the channel. */
 static int channel_stats(lua_State *L)
 {
     kl_grpc_stats st;
@@ -439,6 +448,7 @@ static void build_methods(lua_State *L)
     lua_setfield(L, LUA_REGISTRYINDEX, "kubelua.grpc.methods");
 }
 
+/* code_name(n) -> the gRPC status name of code n (14 -> "UNAVAILABLE"). */
 static int l_code_name(lua_State *L)
 {
     lua_pushstring(L, kl_grpc_code_name((int)luaL_checkinteger(L, 1)));

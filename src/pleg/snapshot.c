@@ -230,12 +230,16 @@ static int l_snapshot(lua_State *L)
     if (s->arena == NULL)
         return luaL_error(L, "out of memory");
     if (parse_list(s, F, (const uint8_t *)bs, ns, F->list_items, parse_sandbox) != 0)
-        return kl__push_error(L, "INVALID_ARGUMENT", "malformed ListPodSandboxResponse");
+        return kl__push_error(L, "INTERNAL",
+                              "/runtime.v1.RuntimeService/ListPodSandbox: cannot decode "
+                              "runtime.v1.ListPodSandboxResponse (relist fast path)");
     size_t nsand = s->n;
     if (nsand > 1)
         qsort(s->e, nsand, sizeof *s->e, cmp_id);
     if (parse_list(s, F, (const uint8_t *)bc, nc, F->list_containers, parse_container) != 0)
-        return kl__push_error(L, "INVALID_ARGUMENT", "malformed ListContainersResponse");
+        return kl__push_error(L, "INTERNAL",
+                              "/runtime.v1.RuntimeService/ListContainers: cannot decode "
+                              "runtime.v1.ListContainersResponse (relist fast path)");
     /* Containers without the pod label belong to their sandbox's pod. */
     for (size_t i = nsand; i < s->n; i++) {
         entry *e = &s->e[i];

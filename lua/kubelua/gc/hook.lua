@@ -36,6 +36,19 @@ function M.run(step, fn, candidates, chosen, ctx, opts)
   if type(res) ~= "table" then
     return nil, string.format("POLICY: %s hook returned %s, not a list", step, type(res))
   end
+  -- a map or a list with holes would silently drop entries: refuse it
+  local n, count = #res, 0
+  for k in pairs(res) do
+    if type(k) ~= "number" or k < 1 or k > n or k ~= math.floor(k) then
+      return nil, string.format("POLICY: %s hook returned a table with key %s, not a list", step,
+        type(k) == "string" and string.format("%q", k) or tostring(k))
+    end
+    count = count + 1
+  end
+  if count ~= n then
+    return nil, string.format("POLICY: %s hook returned a table with holes (%d entries, length %d), not a list", step,
+      count, n)
+  end
   local by_key, default = {}, {}
   for _, e in ipairs(candidates) do
     by_key[key(e)] = e

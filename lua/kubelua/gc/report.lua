@@ -51,6 +51,7 @@ function M.view(cres, ires)
     v.dry_run = cres.dry_run
     v.time = cres.time
     v.sources_ready = cres.sources_ready
+    v.sizes_error = cres.sizes_error
     v.containers = list(cres.containers, C_FIELDS)
     v.sandboxes = list(cres.sandboxes, S_FIELDS)
     v.log_dirs = list(cres.log_dirs, D_FIELDS)
@@ -79,6 +80,7 @@ function M.view(cres, ires)
   return v
 end
 
+-- bytes(n) -> "0 B", "1.5 KiB", ...: sizes for people.
 local function bytes(n)
   if n == nil then
     return "-"
@@ -199,6 +201,9 @@ function M.text(v)
     #(v.log_links or {}), #(v.images or {}), bytes(v.bytes))
   if v.sources_ready == false then
     out[#out + 1] = "pod sources are not ready: containers, sandboxes and logs of deleted pods are not considered\n"
+  end
+  if v.sizes_error then
+    out[#out + 1] = "container sizes unknown, not counted in the bytes: " .. v.sizes_error .. "\n"
   end
   for _, e in ipairs(v.errors or {}) do
     out[#out + 1] = "error: " .. e .. "\n"

@@ -31,7 +31,7 @@ local json = require "kubelua.k8s.json"
 
 local M = {}
 
-M.SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+M.SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount" -- in-cluster token, CA and namespace
 M.TOKEN_REREAD = 60 -- seconds a token file is trusted before it is read again
 
 local function fail(fmt, ...)

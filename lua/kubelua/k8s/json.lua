@@ -55,7 +55,7 @@ cj.decode_max_depth(1000)
 cj.encode_max_depth(1000)
 
 M.null = cjson.null
-M.array_mt = { __name = "kubelua.k8s.json.array" }
+M.array_mt = { __name = "kubelua.k8s.json.array" } -- marks decoded arrays, so they encode back as arrays
 
 -- json.array(t) -> t marked as an array (so an empty one encodes as [])
 function M.array(t)

@@ -45,6 +45,7 @@ local k8s = require "kubelua.k8s"
 
 local M = {}
 
+-- Options configmaps() and secrets() fill in: kubelet's manager strategy and periods.
 M.defaults = {
   strategy = "Watch",
   ttl = 60,
@@ -53,7 +54,7 @@ M.defaults = {
   recycle_period = 60,
 }
 
-M.TTL_ANNOTATION = "node.alpha.kubernetes.io/ttl"
+M.TTL_ANNOTATION = "node.alpha.kubernetes.io/ttl" -- the node annotation kubelet's TTL-based cache reads
 
 -- node_ttl(node) -> seconds from the node's TTL annotation, or nil
 function M.node_ttl(node)
@@ -527,6 +528,7 @@ function M.configmaps(client, opts)
   return new_manager(client, { kind = "configmap", resource = "configmaps", names = M.configmap_names }, opts)
 end
 
+-- secrets(client, opts) -> a manager of the node's pods' Secrets (as configmaps()).
 function M.secrets(client, opts)
   return new_manager(client, { kind = "secret", resource = "secrets", names = M.secret_names }, opts)
 end

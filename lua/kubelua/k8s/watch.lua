@@ -59,6 +59,7 @@ local k8s = require "kubelua.k8s"
 
 local M = {}
 
+-- Options new{} fills in when left out.
 M.defaults = {
   page_size = 500,
   bookmarks = true,
@@ -299,6 +300,11 @@ local function watch_once(w)
         local nl = buf:find("\n", start, true)
         if not nl then
           break
+        end
+        if nl - start > M.defaults.max_line then
+          -- a whole line over the cap can arrive in one read: check it too
+          return finish("bad", string.format("DECODE: watch %s: an event line longer than %d bytes: %s",
+            w.path, M.defaults.max_line, excerpt(w, buf:sub(start, nl - 1))), "DECODE")
         end
         local line = buf:sub(start, nl - 1)
         start = nl + 1

@@ -22,6 +22,7 @@ local core = require "kubelua.core"
 local task = require "kubelua.task"
 
 local M = {}
+-- Largest manifest file read.
 M.MAX_SIZE = 10 * 1024 * 1024
 
 local Source = {}
@@ -30,7 +31,7 @@ Source.__index = Source
 -- load(path, opts) -> pod | nil, err: read, decode, default and validate one file.
 function M.load(path, opts)
   local obj, err = yaml.decode_file(path, { max_size = M.MAX_SIZE })
-  if obj == nil then
+  if obj == nil or obj == yaml.null then
     return nil, (err or (path .. ": empty document")) .. ", please check config file", "INVALID"
   end
   return pod.prepare(obj, { source = "file", location = path, node = opts.node })

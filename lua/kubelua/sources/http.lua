@@ -21,6 +21,7 @@ local core = require "kubelua.core"
 local task = require "kubelua.task"
 
 local M = {}
+-- Poll period and request timeout in seconds, and the largest body read.
 M.PERIOD = 20
 M.TIMEOUT = 10
 M.MAX_SIZE = 10 * 1024 * 1024
@@ -31,13 +32,22 @@ Source.__index = Source
 -- parse(body, url, node) -> pods | nil, err
 function M.parse(body, url, node)
   local obj, err = yaml.decode(body)
-  if obj == nil then
+  if type(obj) ~= "table" then -- nil (an error), yaml.null, or a scalar such as an HTML page
     return nil, string.format("%s: received %q, but couldn't parse as single or multiple pods (%s)",
-      url, body:sub(1, 80), err or "empty document"), "INVALID"
+      url, body:sub(1, 80), err or (obj == yaml.null and "empty document") or ("a " .. type(obj) .. ", not an object")),
+      "INVALID"
+  end
+  if type(obj) == "table" and obj[1] ~= nil then
+    return nil, string.format("%s: a list of %d entries; expected a Pod or a PodList (kind: PodList, items: [...])",
+      url, #obj), "INVALID"
   end
   local items
   if type(obj) == "table" and obj.kind == "PodList" then
-    items = type(obj.items) == "table" and obj.items or {}
+    items = (obj.items == nil or obj.items == yaml.null) and {} or obj.items
+    if type(items) ~= "table" or (next(items) ~= nil and items[1] == nil) then
+      -- not an empty SET: that would remove every pod of the source
+      return nil, string.format("%s: a PodList whose items is not a list", url), "INVALID"
+    end
   else
     items = { obj }
   end
