@@ -34,8 +34,10 @@ typedef struct kl_host_options {
     /* Loop to run on. NULL: the host creates and owns its own loop. */
     uv_loop_t *loop;
     /* Folder holding the kubelua Lua modules (kubelua/cri.lua, ...).
-     * NULL: $KUBELUA_LUA_PATH, then <exe>/../share/kubelua/lua, then the
-     * source tree the library was built from. */
+     * NULL: $KUBELUA_LUA_PATH, then the installed modules beside the
+     * library (<libdir>/../share/kubelua/lua, found from libkubelua.so's own
+     * path), then <exe>/../share/kubelua/lua, then the source tree the
+     * library was built from. */
     const char *lua_dir;
 } kl_host_options;
 
