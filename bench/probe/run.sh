@@ -5,7 +5,12 @@
 #   go       net/http with keep-alives off (kubelet's HTTP prober set-up)
 #   curl     one curl process per probe (N=CURL_N only: a curl process costs
 #            milliseconds of CPU, N=600 would need more cores than this machine has)
-# Usage: bench/probe/run.sh [BUILD_DIR]   (env: SECS=12 WARMUP=3 NS="600 3000 10000" CURL_N=20)
+# Usage: bench/probe/run.sh [BUILD_DIR]   (env: SECS=12 WARMUP=3 NS="600 3000 10000" CURL_N=20
+#        NGINX_WORKERS=2 PEERS="kubelua go curl" NGINX_CPUS= CLIENT_CPUS= KUBELUA_ALT=)
+# KUBELUA_ALT=path: a second kubelua binary (e.g. the build before a change),
+# run right after the first one on the same targets, reported as peer "alt".
+# NGINX_CPUS / CLIENT_CPUS: CPU lists for taskset (e.g. NGINX_CPUS=1
+# CLIENT_CPUS=0 keeps the server off the prober's core); empty: no pinning.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -14,6 +19,13 @@ SECS=${SECS:-12}
 WARMUP=${WARMUP:-3}
 NS=${NS:-"600 3000 10000"}
 CURL_N=${CURL_N:-20}
+PEERS=${PEERS:-"kubelua go curl"}
+pin() { # pin CPUS command...: run on those CPUs when CPUS is set
+    local cpus=$1
+    shift
+    if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+has_peer() { [[ " $PEERS " == *" $1 "* ]]; }
 work=$(mktemp -d /tmp/kubelua-bench-probe.XXXXXX)
 trap 'bash "$root/tests/support/probe_nginx.sh" stop "$work/nginx"; rm -rf "$work"' EXIT
 
@@ -22,7 +34,7 @@ GO111MODULE=off GOCACHE="$work/gocache" GOPATH="$work/gopath" \
     go build -o "$work/goprober" "$here/goprober/main.go"
 
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-bash "$root/tests/support/probe_nginx.sh" start "$work/nginx" "$port" "${NGINX_WORKERS:-2}"
+pin "${NGINX_CPUS:-}" bash "$root/tests/support/probe_nginx.sh" start "$work/nginx" "$port" "${NGINX_WORKERS:-2}"
 url="http://127.0.0.1:$port/healthz"
 ngx_pid=$(cat "$work/nginx/nginx.pid")
 ngx_cpu() { # master + workers, in clock ticks
@@ -41,20 +53,25 @@ run() { # peer n command...
     shift 2
     local c0 line c1
     c0=$(ngx_cpu)
-    line=$("$@" | grep '^RESULT')
+    line=$(pin "${CLIENT_CPUS:-}" "$@" | grep '^RESULT')
+    line=${line/peer=kubelua /peer=$peer }
     c1=$(ngx_cpu)
     echo "$line nginx_cpu_s=$(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.1f", (b-a)/100}')" | tee -a "$out"
 }
+echo "# $(date -u +%FT%TZ) NS=\"$NS\" SECS=$SECS WARMUP=$WARMUP NGINX_WORKERS=${NGINX_WORKERS:-2} NGINX_CPUS=${NGINX_CPUS:-} CLIENT_CPUS=${CLIENT_CPUS:-} load: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out"
 for n in $NS; do
-    run kubelua "$n" "$build/kubelua" run "$here/peer_kubelua.lua" "$url" "$n" "$SECS" "$WARMUP"
-    run go "$n" "$work/goprober" "$url" "$n" "$SECS" "$WARMUP"
+    has_peer kubelua && run kubelua "$n" "$build/kubelua" run "$here/peer_kubelua.lua" "$url" "$n" "$SECS" "$WARMUP"
+    if [ -n "${KUBELUA_ALT:-}" ]; then
+        run alt "$n" "$KUBELUA_ALT" run "$here/peer_kubelua.lua" "$url" "$n" "$SECS" "$WARMUP"
+    fi
+    has_peer go && run go "$n" "$work/goprober" "$url" "$n" "$SECS" "$WARMUP"
 done
-run curl "$CURL_N" /usr/bin/python3 "$here/peer_curl.py" "$url" "$CURL_N" "$SECS" "$WARMUP"
+has_peer curl && run curl "$CURL_N" /usr/bin/python3 "$here/peer_curl.py" "$url" "$CURL_N" "$SECS" "$WARMUP"
 
 echo
 echo "| peer | N | probes/s | ok | fail | lag p50 ms | lag p99 ms | CPU µs/probe | CPU cores | RSS MB |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-sed -E 's/^RESULT //' "$out" | while read -r line; do
+grep '^RESULT' "$out" | sed -E 's/^RESULT //' | while read -r line; do
     declare -A f=()
     for kv in $line; do f[${kv%%=*}]=${kv#*=}; done
     echo "| ${f[peer]} | ${f[n]} | ${f[probes_per_s]} | ${f[ok]} | ${f[fail]} | ${f[lag_p50_ms]} | ${f[lag_p99_ms]} | ${f[cpu_us_per_probe]} | ${f[cpu_cores]} | ${f[rss_mb]} |"

@@ -22,12 +22,27 @@
  * It is created on first use and owned by a registry userdata whose __gc
  * tears it down; the uv handles live in malloc'd memory freed by their close
  * callbacks, since Lua frees userdata before the host closes its loop.
+ *
+ * libcurl is not linked: the state loads libcurl.so.4 with dlopen when it is
+ * created and keeps the functions this file calls in its own table
+ * (st->api). Linking it would pull about 30 shared objects (TLS, Kerberos,
+ * LDAP, SSH, ...) into every start of every program using the library, even
+ * one that never makes an HTTP request, for ~10 ms each time. Every state
+ * holds its own reference to the library (dlopen counts them); nothing is
+ * process-wide but libcurl's own global state.
+ *
+ * Finished easy handles are reset and kept for the next request (up to
+ * EASY_POOL per state), and the uv_poll of a socket curl drops is kept for
+ * the next socket with the same fd number: a probe loop makes one request
+ * and one connection per target and period.
  */
 #include "host/host.h"
 
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +51,8 @@
 #define STREAM_MT "kubelua.http.stream"   /* registry: a streamed body's metatable */
 #define STATE_KEY "kubelua.http.instance" /* registry: the state userdata */
 #define MAX_HEADER_BYTES (1024 * 1024)    /* all header lines of one response */
+#define EASY_POOL 256                     /* idle easy handles a state keeps */
+#define CURL_SONAME "libcurl.so.4"
 
 typedef struct http_state http_state;
 typedef struct request request;
@@ -44,6 +61,31 @@ typedef struct {
     char *data;
     size_t len, cap;
 } buf;
+
+/* The libcurl functions this file calls, resolved from CURL_SONAME. */
+typedef struct {
+    CURLcode (*global_init)(long flags);
+    void (*global_cleanup)(void);
+    char *(*version)(void);
+    CURL *(*easy_init)(void);
+    void (*easy_cleanup)(CURL *e);
+    void (*easy_reset)(CURL *e);
+    CURLcode (*easy_setopt)(CURL *e, CURLoption opt, ...);
+    CURLcode (*easy_getinfo)(CURL *e, CURLINFO info, ...);
+    CURLcode (*easy_pause)(CURL *e, int bitmask);
+    const char *(*easy_strerror)(CURLcode code);
+    CURLM *(*multi_init)(void);
+    CURLMcode (*multi_cleanup)(CURLM *m);
+    CURLMcode (*multi_setopt)(CURLM *m, CURLMoption opt, ...);
+    CURLMcode (*multi_add_handle)(CURLM *m, CURL *e);
+    CURLMcode (*multi_remove_handle)(CURLM *m, CURL *e);
+    CURLMcode (*multi_assign)(CURLM *m, curl_socket_t fd, void *p);
+    CURLMcode (*multi_socket_action)(CURLM *m, curl_socket_t fd, int ev, int *running);
+    CURLMsg *(*multi_info_read)(CURLM *m, int *left);
+    const char *(*multi_strerror)(CURLMcode code);
+    struct curl_slist *(*slist_append)(struct curl_slist *l, const char *s);
+    void (*slist_free_all)(struct curl_slist *l);
+} curl_api;
 
 /* One socket curl asked us to watch. */
 typedef struct sock {
@@ -54,11 +96,17 @@ typedef struct sock {
 } sock;
 
 struct http_state {
+    curl_api api;
+    void *lib;             /* the dlopen handle api came from */
+    CURL *pool[EASY_POOL]; /* reset easy handles for the next requests */
+    int npool;
     uv_loop_t *loop;
     lua_State *L; /* the host's main state: results are built there */
     CURLM *multi;
     uv_timer_t timer;
     sock *socks;      /* polls not yet closing */
+    sock **idle;      /* stopped polls by fd number, kept for the next socket */
+    int nidle;        /* size of idle */
     request *reqs;    /* requests in the multi */
     int running;      /* how many: the uv handles keep the loop alive only while > 0 */
     int open_handles; /* uv handles whose close callback has not run */
@@ -81,6 +129,8 @@ struct request {
     int failed; /* a socket of ours could not be watched (uv error) */
     char errbuf[CURL_ERROR_SIZE];
     request *prev, *next;
+    request *done_next; /* check_done's list of finished transfers */
+    CURLcode done_rc;
     /* Stream mode: `body` is the queue of bytes not yet read, `park` the task
      * waiting for the headers, then for data. Once the response was handed
      * out, the stream userdata owns the request: the transfer may end (done)
@@ -218,8 +268,11 @@ static const char *code_name(CURLcode rc)
 
 static void handle_closed(http_state *st)
 {
-    if (--st->open_handles == 0 && st->closing)
+    if (--st->open_handles == 0 && st->closing) {
+        dlclose(st->lib); /* loaded with RTLD_NODELETE: only drops our reference */
+        free(st->idle);
         free(st);
+    }
 }
 
 static void sock_closed(uv_handle_t *h)
@@ -235,7 +288,7 @@ static void timer_closed(uv_handle_t *h)
     handle_closed(h->data);
 }
 
-static void sock_close(http_state *st, sock *s)
+static void sock_unlink(http_state *st, sock *s)
 {
     if (s->prev != NULL)
         s->prev->next = s->next;
@@ -243,8 +296,52 @@ static void sock_close(http_state *st, sock *s)
         st->socks = s->next;
     if (s->next != NULL)
         s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+}
+
+static void sock_close(http_state *st, sock *s)
+{
+    sock_unlink(st, s);
     uv_poll_stop(&s->poll);
     uv_close((uv_handle_t *)&s->poll, sock_closed);
+}
+
+/* Curl is done with the socket (and closes it next). Its poll is stopped
+ * (which takes the fd out of epoll) and kept under the fd number: new
+ * connections mostly get the number just freed, and restarting a stopped
+ * poll saves creating and closing one per connection (libuv checks a new
+ * poll's fd with two epoll_ctl calls, and closing takes a loop turn). */
+static void sock_retire(http_state *st, sock *s)
+{
+    int fd = (int)s->fd;
+    if (!st->closing && fd >= 0 && fd >= st->nidle && fd < 65536) {
+        int n = st->nidle ? st->nidle : 64;
+        while (n <= fd)
+            n *= 2;
+        sock **idle = realloc(st->idle, (size_t)n * sizeof *idle);
+        if (idle != NULL) {
+            memset(idle + st->nidle, 0, (size_t)(n - st->nidle) * sizeof *idle);
+            st->idle = idle;
+            st->nidle = n;
+        }
+    }
+    if (st->closing || fd < 0 || fd >= st->nidle || st->idle[fd] != NULL) {
+        sock_close(st, s);
+        return;
+    }
+    sock_unlink(st, s);
+    uv_poll_stop(&s->poll);
+    st->idle[fd] = s;
+}
+
+/* A stopped poll kept for `fd`, taken out of the idle table, or NULL. */
+static sock *sock_reuse(http_state *st, curl_socket_t fd)
+{
+    if (fd < 0 || (int)fd >= st->nidle || st->idle[fd] == NULL)
+        return NULL;
+    sock *s = st->idle[fd];
+    st->idle[fd] = NULL;
+    return s;
 }
 
 /* Idle keep-alive connections must not keep the host running: the handles
@@ -264,6 +361,27 @@ static void set_refs(http_state *st, int on)
 }
 
 /* ----------------------------------------------------------- requests */
+
+/* An easy handle with curl's defaults: a pooled one, or a new one. */
+static CURL *easy_get(http_state *st)
+{
+    if (st->npool > 0)
+        return st->pool[--st->npool];
+    return st->api.easy_init();
+}
+
+/* Give back a handle that is in no multi: reset and pooled, or freed. */
+static void easy_put(http_state *st, CURL *e)
+{
+    if (e == NULL)
+        return;
+    if (st->closing || st->npool == EASY_POOL) {
+        st->api.easy_cleanup(e);
+        return;
+    }
+    st->api.easy_reset(e);
+    st->pool[st->npool++] = e;
+}
 
 static void req_unlink(request *r)
 {
@@ -285,12 +403,12 @@ static void req_free(request *r, int added)
 {
     if (r->easy != NULL) {
         if (added) {
-            curl_multi_remove_handle(r->st->multi, r->easy);
+            r->st->api.multi_remove_handle(r->st->multi, r->easy);
             req_unlink(r);
         }
-        curl_easy_cleanup(r->easy);
+        easy_put(r->st, r->easy);
     }
-    curl_slist_free_all(r->headers);
+    r->st->api.slist_free_all(r->headers);
     buf_free(&r->body);
     buf_free(&r->head);
     free(r->label);
@@ -371,7 +489,7 @@ static int has_location(const buf *h)
 static void stream_head_end(request *r)
 {
     long status = 0;
-    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    r->st->api.easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
     if (status < 200)
         return;
     if (r->follow && status >= 300 && status < 400 && status != 304 && has_location(&r->head))
@@ -406,10 +524,10 @@ static size_t on_header(char *ptr, size_t size, size_t n, void *ud)
     return len;
 }
 
-static double secs_info(CURL *e, CURLINFO what)
+static double secs_info(const curl_api *api, CURL *e, CURLINFO what)
 {
     curl_off_t us = 0;
-    if (curl_easy_getinfo(e, what, &us) != CURLE_OK)
+    if (api->easy_getinfo(e, what, &us) != CURLE_OK)
         return 0;
     return (double)us / 1e6;
 }
@@ -444,7 +562,10 @@ static void add_header(lua_State *L, const char *name, size_t nlen, const char *
  * folded lines appended with a space. */
 static void push_headers(lua_State *L, char *p, size_t len)
 {
-    lua_newtable(L);
+    int lines = 0; /* more than the names: the table is sized once */
+    for (size_t i = 0; i < len; i++)
+        lines += p[i] == '\n';
+    lua_createtable(L, 0, lines);
     if (len == 0)
         return;
     char *end = p + len;
@@ -503,7 +624,7 @@ static const char *error_detail(const request *r, CURLcode rc, char *out, size_t
         snprintf(out, size, "response headers exceed %d bytes", MAX_HEADER_BYTES);
         return "TOO_LARGE";
     }
-    const char *detail = r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc);
+    const char *detail = r->errbuf[0] ? r->errbuf : r->st->api.easy_strerror(rc);
     size_t n = strlen(detail);
     while (n > 0 && (detail[n - 1] == '\n' || detail[n - 1] == '\r'))
         n--;
@@ -556,10 +677,10 @@ static void take_info(request *r)
     if (e == NULL)
         return;
     char *url = NULL;
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
-    curl_easy_getinfo(e, CURLINFO_REDIRECT_COUNT, &r->redirects);
-    curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &r->connects);
-    curl_easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &url);
+    r->st->api.easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
+    r->st->api.easy_getinfo(e, CURLINFO_REDIRECT_COUNT, &r->redirects);
+    r->st->api.easy_getinfo(e, CURLINFO_NUM_CONNECTS, &r->connects);
+    r->st->api.easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &url);
     char *copy = url != NULL ? strdup(url) : NULL;
     if (copy != NULL || url == NULL) {
         free(r->url);
@@ -570,7 +691,7 @@ static void take_info(request *r)
      * so the figures never decrease. */
     double last = 0;
     for (size_t i = 0; i < sizeof phases / sizeof phases[0]; i++) {
-        double v = secs_info(e, phases[i].info);
+        double v = secs_info(&r->st->api, e, phases[i].info);
         if (v < last)
             v = last;
         r->timings[i] = last = v;
@@ -617,9 +738,9 @@ static void stream_end(request *r)
 {
     if (r->easy != NULL) {
         take_info(r);
-        curl_multi_remove_handle(r->st->multi, r->easy);
+        r->st->api.multi_remove_handle(r->st->multi, r->easy);
         req_unlink(r);
-        curl_easy_cleanup(r->easy);
+        easy_put(r->st, r->easy);
         r->easy = NULL;
     }
     r->done = 1;
@@ -765,18 +886,29 @@ static void finish(request *r, CURLcode rc)
     req_free(r, 1);
 }
 
+/* Take every finished transfer's message first, then finish them: curl
+ * looks through its queue of unread messages for each handle removed, which
+ * made thousands of transfers ending together (timeouts) cost n^2. */
 static void check_done(http_state *st)
 {
     CURLMsg *m;
     int left;
-    while ((m = curl_multi_info_read(st->multi, &left)) != NULL) {
+    request *done = NULL, **tail = &done;
+    while ((m = st->api.multi_info_read(st->multi, &left)) != NULL) {
         if (m->msg != CURLMSG_DONE)
             continue;
-        CURL *e = m->easy_handle;
-        CURLcode rc = m->data.result; /* m is invalid once e is removed */
         char *priv = NULL;
-        curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
-        finish((request *)priv, rc);
+        st->api.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
+        request *r = (request *)priv;
+        r->done_rc = m->data.result; /* m is invalid once the handle is removed */
+        r->done_next = NULL;
+        *tail = r;
+        tail = &r->done_next;
+    }
+    while (done != NULL) {
+        request *r = done;
+        done = r->done_next;
+        finish(r, r->done_rc);
     }
 }
 
@@ -816,7 +948,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
             flags |= CURL_CSELECT_OUT;
     }
     int running;
-    curl_multi_socket_action(st->multi, s->fd, flags, &running);
+    st->api.multi_socket_action(st->multi, s->fd, flags, &running);
     check_done(st);
     deliver(st);
     sweep_failed(st);
@@ -826,7 +958,7 @@ static void on_timeout(uv_timer_t *t)
 {
     http_state *st = t->data;
     int running;
-    curl_multi_socket_action(st->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    st->api.multi_socket_action(st->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_done(st);
     deliver(st);
     sweep_failed(st);
@@ -839,12 +971,22 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
     sock *s = socketp;
     if (what == CURL_POLL_REMOVE) {
         if (s != NULL) {
-            curl_multi_assign(st->multi, fd, NULL);
-            sock_close(st, s);
+            st->api.multi_assign(st->multi, fd, NULL);
+            sock_retire(st, s);
         }
         return 0;
     }
-    if (s == NULL) {
+    if (s == NULL && (s = sock_reuse(st, fd)) != NULL) {
+        s->next = st->socks;
+        if (st->socks != NULL)
+            st->socks->prev = s;
+        st->socks = s;
+        if (st->running == 0)
+            uv_unref((uv_handle_t *)&s->poll);
+        else
+            uv_ref((uv_handle_t *)&s->poll);
+        st->api.multi_assign(st->multi, fd, s);
+    } else if (s == NULL) {
         int err = UV_ENOMEM;
         s = calloc(1, sizeof *s);
         if (s == NULL || (err = uv_poll_init_socket(st->loop, &s->poll, fd)) != 0) {
@@ -852,7 +994,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
              * from here, and -1 would fail every transfer of the multi. */
             free(s);
             char *priv = NULL;
-            curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+            st->api.easy_getinfo(e, CURLINFO_PRIVATE, &priv);
             if (priv != NULL) {
                 ((request *)priv)->failed = err;
                 st->failed = 1;
@@ -870,7 +1012,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
         st->open_handles++;
         if (st->running == 0)
             uv_unref((uv_handle_t *)&s->poll);
-        curl_multi_assign(st->multi, fd, s);
+        st->api.multi_assign(st->multi, fd, s);
     }
     int ev = 0;
     if (what & CURL_POLL_IN)
@@ -919,7 +1061,7 @@ static void stream_unpause(request *r)
     if (!r->paused || r->easy == NULL)
         return;
     r->paused = 0;
-    curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    r->st->api.easy_pause(r->easy, CURLPAUSE_CONT);
     uv_timer_start(&r->st->timer, on_timeout, 0, 0);
 }
 
@@ -1032,12 +1174,55 @@ static int state_gc(lua_State *L)
         req_free(r, 1);
     }
     st->closing = 1;
-    curl_multi_cleanup(st->multi); /* closes cached connections */
+    while (st->npool > 0)
+        st->api.easy_cleanup(st->pool[--st->npool]);
+    st->api.multi_cleanup(st->multi); /* closes cached connections */
     st->multi = NULL;
     while (st->socks != NULL)
         sock_close(st, st->socks);
+    for (int fd = 0; fd < st->nidle; fd++)
+        if (st->idle[fd] != NULL)
+            uv_close((uv_handle_t *)&st->idle[fd]->poll, sock_closed);
     uv_close((uv_handle_t *)&st->timer, timer_closed);
-    curl_global_cleanup();
+    st->api.global_cleanup();
+    return 0;
+}
+
+/* Load libcurl and fill st->api and st->lib: 0, or -1 with a message. */
+static int load_curl(http_state *st, char *err, size_t n)
+{
+    /* NODELETE: libcurl's global state and its TLS library's exit handlers
+     * outlive our reference; dlclose then only drops the count. */
+    void *lib = dlopen(CURL_SONAME, RTLD_LAZY | RTLD_LOCAL | RTLD_NODELETE);
+    if (lib == NULL) {
+        snprintf(err, n, "cannot load libcurl: %s", dlerror());
+        return -1;
+    }
+    static const struct {
+        size_t off;
+        const char *name;
+    } syms[] = {
+#define SYM(field) {offsetof(curl_api, field), "curl_" #field}
+        SYM(global_init),    SYM(global_cleanup),      SYM(version),
+        SYM(easy_init),      SYM(easy_cleanup),        SYM(easy_reset),
+        SYM(easy_setopt),    SYM(easy_getinfo),        SYM(easy_pause),
+        SYM(easy_strerror),  SYM(multi_init),          SYM(multi_cleanup),
+        SYM(multi_setopt),   SYM(multi_add_handle),    SYM(multi_remove_handle),
+        SYM(multi_assign),   SYM(multi_socket_action), SYM(multi_info_read),
+        SYM(multi_strerror), SYM(slist_append),        SYM(slist_free_all),
+#undef SYM
+    };
+    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
+        void *f = dlsym(lib, syms[i].name);
+        if (f == NULL) {
+            snprintf(err, n, "%s lacks %s", CURL_SONAME, syms[i].name);
+            dlclose(lib);
+            return -1;
+        }
+        /* POSIX guarantees a function pointer fits in a void * */
+        memcpy((char *)&st->api + syms[i].off, &f, sizeof f);
+    }
+    st->lib = lib;
     return 0;
 }
 
@@ -1059,24 +1244,31 @@ static http_state *get_state(lua_State *L)
         luaL_error(L, "kubelua.http: out of memory");
         return NULL;
     }
-    const char *err = NULL;
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        err = "curl_global_init failed";
-    } else if ((st->multi = curl_multi_init()) == NULL) {
-        curl_global_cleanup();
-        err = "curl_multi_init failed";
-    }
-    if (err != NULL) {
+    char err[300];
+    if (load_curl(st, err, sizeof err) != 0) {
         free(st);
         luaL_error(L, "kubelua.http: %s", err);
         return NULL;
     }
+    const char *fail = NULL;
+    if (st->api.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fail = "curl_global_init failed";
+    } else if ((st->multi = st->api.multi_init()) == NULL) {
+        st->api.global_cleanup();
+        fail = "curl_multi_init failed";
+    }
+    if (fail != NULL) {
+        dlclose(st->lib);
+        free(st);
+        luaL_error(L, "kubelua.http: %s", fail);
+        return NULL;
+    }
     st->loop = h->loop;
     st->L = h->L;
-    curl_multi_setopt(st->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(st->multi, CURLMOPT_SOCKETDATA, st);
-    curl_multi_setopt(st->multi, CURLMOPT_TIMERFUNCTION, on_timer);
-    curl_multi_setopt(st->multi, CURLMOPT_TIMERDATA, st);
+    st->api.multi_setopt(st->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    st->api.multi_setopt(st->multi, CURLMOPT_SOCKETDATA, st);
+    st->api.multi_setopt(st->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    st->api.multi_setopt(st->multi, CURLMOPT_TIMERDATA, st);
     uv_timer_init(st->loop, &st->timer);
     st->timer.data = st;
     uv_unref((uv_handle_t *)&st->timer);
@@ -1218,7 +1410,7 @@ static long to_ms(double secs)
 
 #define SET(opt, val)                                                                              \
     do {                                                                                           \
-        if ((rc = curl_easy_setopt(e, opt, val)) != CURLE_OK)                                      \
+        if ((rc = r->st->api.easy_setopt(e, opt, val)) != CURLE_OK)                                \
             return rc;                                                                             \
     } while (0)
 
@@ -1274,10 +1466,12 @@ static CURLcode setup(lua_State *L, request *r, const req_opts *o)
     if (!o->keepalive) {
         SET(CURLOPT_FRESH_CONNECT, 1L);
         SET(CURLOPT_FORBID_REUSE, 1L);
+        /* a pooled handle must not resume an earlier request's TLS session */
+        SET(CURLOPT_SSL_SESSIONID_CACHE, 0L);
     }
     for (int i = 1; i <= o->nheaders; i++) {
         lua_rawgeti(L, o->headers, i);
-        struct curl_slist *l = curl_slist_append(r->headers, lua_tostring(L, -1));
+        struct curl_slist *l = r->st->api.slist_append(r->headers, lua_tostring(L, -1));
         lua_pop(L, 1);
         if (l == NULL)
             return CURLE_OUT_OF_MEMORY;
@@ -1320,15 +1514,15 @@ static int l_request(lua_State *L)
     r->max_body = o.max_body >= 0 && o.max_body < (double)SIZE_MAX ? (size_t)o.max_body : SIZE_MAX;
     r->truncate = o.truncate;
     r->label = make_label(o.method, o.url);
-    r->easy = curl_easy_init();
+    r->easy = easy_get(st);
     if (r->label == NULL || r->easy == NULL)
         return fail_parked(L, p, r, "ERROR", "out of memory");
     CURLcode rc = setup(L, r, &o);
     if (rc != CURLE_OK)
-        return fail_parked(L, p, r, code_name(rc), curl_easy_strerror(rc));
-    CURLMcode mc = curl_multi_add_handle(st->multi, r->easy);
+        return fail_parked(L, p, r, code_name(rc), st->api.easy_strerror(rc));
+    CURLMcode mc = st->api.multi_add_handle(st->multi, r->easy);
     if (mc != CURLM_OK)
-        return fail_parked(L, p, r, "ERROR", curl_multi_strerror(mc));
+        return fail_parked(L, p, r, "ERROR", st->api.multi_strerror(mc));
     r->next = st->reqs;
     if (st->reqs != NULL)
         st->reqs->prev = r;
@@ -1363,20 +1557,20 @@ static int l_open(lua_State *L)
     r->follow = o.follow;
     r->max_body = o.max_body >= 0 && o.max_body < (double)SIZE_MAX ? (size_t)o.max_body : SIZE_MAX;
     r->label = make_label(o.method, o.url);
-    r->easy = curl_easy_init();
+    r->easy = easy_get(st);
     *u = r;
     r->ud = u;
     CURLcode rc = CURLE_OUT_OF_MEMORY;
     CURLMcode mc = CURLM_OK;
     if (r->label == NULL || r->easy == NULL || (rc = setup(L, r, &o)) != CURLE_OK ||
-        (mc = curl_multi_add_handle(st->multi, r->easy)) != CURLM_OK) {
+        (mc = st->api.multi_add_handle(st->multi, r->easy)) != CURLM_OK) {
         if (r->label == NULL || r->easy == NULL)
             stream_fail(r, "ERROR", "out of memory");
         else if (rc != CURLE_OK)
-            stream_fail(r, code_name(rc), curl_easy_strerror(rc));
+            stream_fail(r, code_name(rc), st->api.easy_strerror(rc));
         else
-            stream_fail(r, "ERROR", curl_multi_strerror(mc));
-        curl_easy_cleanup(r->easy);
+            stream_fail(r, "ERROR", st->api.multi_strerror(mc));
+        easy_put(st, r->easy);
         r->easy = NULL;
         r->done = 1;
         lua_pushvalue(L, self);
@@ -1402,7 +1596,7 @@ static int l_code_name(lua_State *L)
 /* version() -> libcurl's version string */
 static int l_version(lua_State *L)
 {
-    lua_pushstring(L, curl_version());
+    lua_pushstring(L, get_state(L)->api.version());
     return 1;
 }
 

@@ -218,6 +218,7 @@ static int l_tcp_connect(lua_State *L)
     d->open = 1;
     kl__park_set_cancel(p, dial_cancel, d);
     double ms = ceil(timeout * 1000.0);
+    uv_update_time(h->loop); /* a deadline counts from now, not the loop's cached clock */
     uv_timer_start(&d->timer, on_deadline, ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
 
     /* Failures found here are queued like loop results: the task is only
@@ -328,6 +329,7 @@ static int event_wait(lua_State *L)
     kl__park_set_cancel(p, event_cancel, s);
     if (secs >= 0) {
         double ms = ceil(secs * 1000.0);
+        uv_update_time(s->timer.loop);
         uv_timer_start(&s->timer, on_event_timeout, ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
     }
     return kl__park_yield(L, p);
