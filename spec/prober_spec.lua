@@ -471,6 +471,20 @@ t.describe("ports, commands, metrics", function()
     t.match(text, 'prober_probe_duration_seconds_count{probe_type="Liveness",container="app",pod="web",namespace="default"} 2')
     finish(env)
   end)
+  t.it("a removed pod's probe series leave the registry with its workers", function()
+    local reg = metrics.registry()
+    local env = setup({ liveness = { "success", "failure" } }, { metrics = reg })
+    local pod = pod_with({ livenessProbe = { tcpSocket = { port = 1 } } }, { status = running("c1", T0) })
+    env.mgr:add_pod(pod)
+    env.clock:advance(10)
+    t.match(metrics.render(reg), 'prober_probe_total{probe_type="Liveness",result="successful"')
+    env.mgr:remove_pod(pod.metadata.uid)
+    env.clock:advance(1)
+    t.eq(env.mgr:count(), 0)
+    local text = metrics.render(reg)
+    t.eq(text:find('pod="web"', 1, true), nil, "no series of the removed pod:\n" .. text)
+    finish(env)
+  end)
 end)
 
 t.describe("real clock", function()
@@ -489,6 +503,24 @@ t.describe("real clock", function()
     end
     t.eq(results_of(updates, "liveness"), { "Success", "Failure" })
     t.match(updates[2].reason, "^Liveness probe failed: dial tcp 127%.0%.0%.1:1: connect: connection refused$")
+    mgr:stop()
+    t.ok(mgr:join(2))
+  end)
+  t.it("a next_delay of 0 keeps probing (a due time already past never parks the worker)", function()
+    local runs = 0
+    local mgr = prober.new{ metrics = false, log = function() end,
+      probe = function()
+        runs = runs + 1
+        return "success", "", {}
+      end,
+      policy = { next_delay = function() return 0 end } }
+    mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 0.05 } },
+      { status = running("c1", core.now()) }))
+    local t0 = core.monotime()
+    while runs < 5 and core.monotime() - t0 < 3 do
+      core.sleep(0.01)
+    end
+    t.ok(runs >= 5, "the worker ran " .. runs .. " probes")
     mgr:stop()
     t.ok(mgr:join(2))
   end)

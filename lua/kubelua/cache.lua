@@ -20,7 +20,7 @@
 local task = require "kubelua.task"
 
 local M = {}
-M.DEFAULT_PERIOD = 2
+M.DEFAULT_PERIOD = 2 -- seconds between cache refreshes when no period is given
 
 local UID_LABEL = "io.kubernetes.pod.uid"
 local NAME_LABEL = "io.kubernetes.pod.name"

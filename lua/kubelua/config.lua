@@ -36,6 +36,8 @@ local task = require "kubelua.task"
 
 local M = {}
 
+-- Annotations kubelet's pod config sets on every pod it hands on: the source
+-- (file, http, api), when it was first seen, the mirror pod marker, the spec hash.
 M.SOURCE_ANNOTATION = "kubernetes.io/config.source"
 M.SEEN_ANNOTATION = "kubernetes.io/config.seen"
 M.MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -45,6 +47,7 @@ local LOCAL = { [M.SOURCE_ANNOTATION] = true, [M.SEEN_ANNOTATION] = true, [M.MIR
 
 -- ---------------------------------------------------------------- helpers
 
+-- deep_equal(a, b) -> true when two plain values have equal contents (tables by key).
 local function deep_equal(a, b)
   if a == b then
     return true
@@ -82,6 +85,7 @@ local function meta(pod)
   return pod.metadata
 end
 
+-- full_name(pod) -> "name_namespace", kubelet's key for a pod across sources.
 function M.full_name(pod)
   local md = pod.metadata or {}
   return (md.name or "") .. "_" .. (md.namespace or "")

@@ -34,7 +34,7 @@ local task = require "kubelua.task"
 
 local M = {}
 
-M.PERIOD = 5
+M.PERIOD = 5 -- seconds between runtime Status polls
 M.THRESHOLD = 30 -- maxWaitForContainerRuntime
 
 local H = {}

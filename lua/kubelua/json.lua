@@ -37,6 +37,8 @@ local ffi_ok, ffi = pcall(require, "ffi")
 
 M.null = setmetatable({}, { __tostring = function() return "null" end, __name = "json.null" })
 
+-- array_mt, object_mt: the marker metatables of decoded arrays and objects
+-- (json.array(t) and json.object(t) set them).
 local array_mt = { __name = "json.array" }
 local object_mt = { __name = "json.object" }
 M.array_mt, M.object_mt = array_mt, object_mt
@@ -51,6 +53,7 @@ function M.object(t)
   return setmetatable(t or {}, object_mt)
 end
 
+-- is_array(t) -> true when t carries the array marker.
 function M.is_array(t)
   return getmetatable(t) == array_mt
 end
@@ -117,6 +120,7 @@ local function fix_utf8(s)
   return concat(out)
 end
 
+-- quote(s) -> s as a JSON string literal, quotes included (invalid UTF-8 replaced).
 local function quote(s)
   if find(s, "[\128-\255]") then
     s = fix_utf8(s)

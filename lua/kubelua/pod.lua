@@ -15,7 +15,7 @@ local bit = require "bit"
 
 local M = {}
 
-M.HASH_ANNOTATION = "kubernetes.io/config.hash"
+M.HASH_ANNOTATION = "kubernetes.io/config.hash" -- kubelet's config hash: the UID of a static pod
 
 -- ----------------------------------------------------------------- hashing
 
@@ -82,6 +82,7 @@ function M.hash(...)
   return bit.tohex(a, 16) .. bit.tohex(b, 16)
 end
 
+-- canonical(v) -> a deterministic text of a plain value (sorted keys), the input of hash().
 function M.canonical(v)
   local out = {}
   canonical(v, out, 0)

@@ -8,6 +8,7 @@
 --   pc = config.new{ on_update = function(u) ps:update(u) end }   -- merged updates
 --   prober:subscribe(function(u) ps:on_probe_result(u.pod_uid, u.container_name, u.kind, u.result, u.container_id) end)
 --   ps:status(uid), ps:pods()        -- desired + actual state, last sync results
+--   local uids, gen = ps:changed(gen) -- pods whose status changed since gen (0: all)
 --   ps:close()                       -- stop the workers (pods keep running)
 --
 -- Options of new{}:
@@ -21,6 +22,8 @@
 --   retry         seconds before a worker retries after a failed sync (10, kubelet's backOffPeriod)
 --   clock         { now = fn() -> wall seconds, event = fn() -> ev } (ev:wait(secs), ev:wake())
 --   log           fn(level, msg) (default kubelua.core.log)
+--   on_sync       fn(uid, res) after every sync or termination step, res its
+--                 kubelua.sync_result pod result (metrics)
 --   sandbox_image the pause image containerd uses; reported in status only
 --                 (containerd picks its own from its config)
 --
@@ -50,6 +53,7 @@ local backoff = require "kubelua.podsync.backoff"
 
 local M = {}
 
+-- The label (and value) on everything kubelua creates (kubelua.podsync.labels).
 M.MANAGED_BY = L.MANAGED_BY
 M.MANAGED_BY_VALUE = L.MANAGED_BY_VALUE
 M.labels = L
@@ -100,7 +104,9 @@ function M.new(opts)
     retry = opts.retry or sr.BACKOFF_PERIOD,
     log = opts.log or core.log,
     spawn = opts.spawn or task.spawn,
+    on_sync = opts.on_sync,
     workers = {}, -- uid -> worker
+    gen = 0, -- bumped by every change status() can show (see changed())
     closed = false,
   }, PodSync)
   self.backoff = backoff.new{ initial = b.initial or 10, max = b.max or 300, reset = b.reset, now = clock.now }
@@ -109,6 +115,25 @@ function M.new(opts)
 end
 
 -- ------------------------------------------------------------- observation
+
+-- Record that what status(w.uid) shows may have changed (see changed()).
+local function touch(self, w)
+  self.gen = self.gen + 1
+  w.gen = self.gen
+end
+
+-- A container's spec hash, computed once per container spec table: specs are
+-- replaced, never edited in place (kubelua.config copies a changed spec), so
+-- the weak-keyed cache follows them. Hashing every spec at every resync was a
+-- visible share of the agent's idle CPU (bench/agent).
+local function container_hash(w, c)
+  local h = w.hashes[c]
+  if not h then
+    h = L.container_hash(c)
+    w.hashes[c] = h
+  end
+  return h
+end
 
 -- The runtime's view of one pod: sandboxes (newest first) and containers
 -- by name (newest first), each container with its full status (cached per
@@ -166,6 +191,7 @@ end
 
 -- ------------------------------------------------------------------ actions
 
+-- grace_for(pod, c, reason_kind) -> seconds a container gets to stop (kubelet's rules, at least MIN_GRACE_PERIOD).
 local function grace_for(pod, c, reason_kind)
   local g
   if pod then
@@ -217,7 +243,7 @@ local function image_present(self, image)
 end
 
 -- ensure_image -> image ref | nil, error name, message
-local function ensure_image(self, w, pod, c)
+local function ensure_image(self, w, pod, c, sandbox)
   local policy = c.imagePullPolicy or "IfNotPresent"
   local img, err = image_present(self, c.image)
   if err then
@@ -237,7 +263,9 @@ local function ensure_image(self, w, pod, c)
     return nil, M.errors.ImagePullBackOff, string.format('Back-off pulling image "%s"', c.image)
   end
   local r
-  r, err = self.client:pull_image{ image = { image = c.image } }
+  -- with the sandbox's config, as kubelet sends it (runtimes use it for
+  -- per-pod pull settings and to name the pod in their logs)
+  r, err = self.client:pull_image{ image = { image = c.image }, sandbox_config = sandbox and sandbox.config }
   if not r then
     self.image_backoff:next(key, now)
     w.pull_failed_at[key] = now
@@ -249,7 +277,7 @@ end
 
 local function start_container(self, w, res, pod, sandbox, c, restart_count)
   local r = res:add(sr.new(sr.actions.StartContainer, c.name))
-  local image, ename, emsg = ensure_image(self, w, pod, c)
+  local image, ename, emsg = ensure_image(self, w, pod, c, sandbox)
   if not image then
     r:fail(ename, emsg)
     w.waiting[c.name] = { reason = ename, message = emsg }
@@ -390,7 +418,7 @@ local function sync_pod(self, w)
   -- containers (computePodActions, 3.4 and 8.1)
   local starts, keep = {}, 0
   for _, c in ipairs(pod.spec.containers) do
-    local hash = L.container_hash(c)
+    local hash = container_hash(w, c)
     local list = snap.by_name[c.name]
     local rc = list and list[1]
     local restart_count = rc and (rc.metadata.attempt or 0) + 1 or 0
@@ -525,6 +553,7 @@ local function summarize(self, w, snap)
     end
   end
   w.actual = actual
+  touch(self, w)
 end
 
 local function run_worker(self, w)
@@ -539,6 +568,9 @@ local function run_worker(self, w)
       end
       if res then
         w.last_sync = { time = self.clock.now(), results = plain_results(res), error = res:error() }
+        if self.on_sync then
+          pcall(self.on_sync, w.uid, res)
+        end
       end
       summarize(self, w, snap)
       if done and w.removed then
@@ -560,6 +592,9 @@ local function run_worker(self, w)
       end
       if res then
         w.last_sync = { time = self.clock.now(), results = plain_results(res), error = res:error() }
+        if self.on_sync then
+          pcall(self.on_sync, w.uid, res)
+        end
         local e = res:error()
         if e and e ~= w.last_error then
           self.log("W", "podsync: pod " .. w.uid .. ": " .. e)
@@ -593,9 +628,10 @@ function PodSync:_worker(uid)
   w = {
     uid = uid, ev = self.clock.event(), done = task.waker(), cstatus = {}, waiting = {},
     probes = { liveness = {}, readiness = {}, startup = {} }, pull_failed_at = {}, stale_sandboxes = {},
-    syncs = 0, created = self.clock.now(),
+    syncs = 0, created = self.clock.now(), hashes = setmetatable({}, { __mode = "k" }),
   }
   self.workers[uid] = w
+  touch(self, w)
   self.spawn(function()
     run_worker(self, w)
   end)
@@ -618,6 +654,7 @@ function PodSync:_desire(p, source)
     w.pod, w.source = p, source or w.source
     w.deleting = p.metadata.deletionTimestamp ~= nil
   end
+  touch(self, w)
   w.ev:wake()
 end
 
@@ -627,6 +664,7 @@ function PodSync:_remove(uid)
     return
   end
   w.removed, w.readd = true, nil
+  touch(self, w)
   w.ev:wake()
 end
 
@@ -670,6 +708,14 @@ function PodSync:wake(uid)
   end
 end
 
+-- Wake every pod's worker now (e.g. when the runtime first answers: pods
+-- that failed to sync meanwhile do not wait for their retry).
+function PodSync:wake_all()
+  for _, w in pairs(self.workers) do
+    w.ev:wake()
+  end
+end
+
 -- on_probe_result(uid, container_name, kind, result [, container_id]):
 -- kind "liveness" | "readiness" | "startup"; result "Success" | "Failure" |
 -- "Unknown". A liveness or startup failure wakes the worker, which kills and
@@ -678,6 +724,10 @@ function PodSync:on_probe_result(uid, name, kind, result, container_id)
   local w = self.workers[uid]
   if not w or not w.probes[kind] then
     return
+  end
+  local prev = w.probes[kind][name]
+  if not prev or prev.result ~= result or prev.container_id ~= container_id then
+    touch(self, w)
   end
   w.probes[kind][name] = { result = result, container_id = container_id }
   if kind ~= "readiness" and result == "Failure" then
@@ -814,14 +864,31 @@ function PodSync:status(uid)
   }
 end
 
+-- changed(since) -> uids, gen: the pods whose desired pod, observed
+-- sandboxes and containers, or probe results changed since changed()
+-- returned `since` (0: every pod), and the generation to pass next time
+-- (the counters syncs and last_sync are not tracked). A caller that keeps
+-- something in step with status() (the agent's prober feed) rebuilds only those.
+function PodSync:changed(since)
+  local out = {}
+  for uid, w in pairs(self.workers) do
+    if w.gen > since then
+      out[#out + 1] = uid
+    end
+  end
+  return out, self.gen
+end
+
 -- pods() -> list of status(uid), sorted by namespace/name.
 function PodSync:pods()
-  local out = {}
+  local out, key = {}, {}
   for uid in pairs(self.workers) do
-    out[#out + 1] = self:status(uid)
+    local st = self:status(uid)
+    out[#out + 1] = st
+    key[st] = (st.namespace or "") .. "/" .. (st.name or st.uid)
   end
   table.sort(out, function(a, b)
-    return (a.namespace or "") .. "/" .. (a.name or a.uid) < (b.namespace or "") .. "/" .. (b.name or b.uid)
+    return key[a] < key[b]
   end)
   return out
 end

@@ -75,7 +75,7 @@ local M = {}
 M.KUBE_VERSION = "1.33" -- the <major>.<minor> in kube-probe/<ver>
 M.MAX_BODY = 10 * 1024 -- kubelet's maxRespBodyLength
 M.MAX_OUTPUT = 10 * 1024 -- exec output cap
-M.MAX_REDIRECTS = 10
+M.MAX_REDIRECTS = 10 -- redirects an HTTP probe follows (Go's client's limit)
 M.EXEC_GRACE = 1 -- seconds the runtime gets beyond an exec probe's timeout
 
 local function bad(kind, name, msg)

@@ -37,7 +37,7 @@ M.errors = {
 
 -- Other timings the pod sync loop uses.
 M.BACKOFF_PERIOD = 10 -- requeue after a sync error
-M.HOUSEKEEPING_PERIOD = 2
+M.HOUSEKEEPING_PERIOD = 2 -- seconds between housekeeping passes
 M.MIN_GRACE_PERIOD = 2 -- minimumGracePeriodInSeconds
 
 local Result = {}
@@ -60,6 +60,7 @@ function Result:ok()
   return self.error == nil
 end
 
+-- quote(s) -> s quoted as Go's %q would, as kubelet's messages show names.
 local function go_quote(s)
   s = tostring(s)
   return '"' .. s:gsub('[\\"]', "\\%0"):gsub("\n", "\\n"):gsub("\t", "\\t") .. '"'
@@ -184,6 +185,7 @@ function M.field_path(pod, name)
     (pod.metadata or {}).name or "")
 end
 
+-- Prefix of the message for a container a pod needs but does not declare.
 M.IMPLICIT_CONTAINER_PREFIX = "implicitly required container "
 
 -- container_ref(pod, container) -> an ObjectReference as kubelet's

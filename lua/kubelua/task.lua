@@ -6,6 +6,8 @@
 --   local res = task.gather({f1, f2, ...})  -- run all concurrently, wait for all;
 --                                  -- res[i] = {ok, ...} as from pcall
 --   local loop = task.every(5, fn)  -- fn(loop) now, then every 5 s until loop:stop()
+--   task.now(), task.monotime(), task.cputime()  -- wall clock, monotonic and CPU seconds
+--   local w = task.waker()         -- w:wait(timeout?) parks until w:wake() (true) or the timeout (false)
 local core = require "kubelua.core"
 
 local M = {

@@ -35,7 +35,7 @@ local store = require "kubelua.gc.store"
 
 local M = {}
 
-M.FORMAT = "kubelua-recording/1"
+M.FORMAT = "kubelua-recording/1" -- the format tag of recordings this version reads and writes
 
 local UID_LABEL = "io.kubernetes.pod.uid"
 local NAME_LABEL = "io.kubernetes.pod.name"
@@ -44,6 +44,7 @@ local CONTAINER_LABEL = "io.kubernetes.container.name"
 
 -- ------------------------------------------------------------------ values
 
+-- copy(v) -> a deep copy of a plain value.
 local function copy(v)
   if type(v) ~= "table" then
     return v
@@ -86,6 +87,7 @@ function Clock:now()
   return self.t
 end
 
+-- clock(t0) -> a settable clock (c:now(), c:advance(s), c:set(t)), starting at t0 seconds.
 function M.clock(t0)
   return setmetatable({ t = t0 or 1700000000 }, Clock)
 end
@@ -163,6 +165,7 @@ function M.record(client, opts)
   return rec
 end
 
+-- save(path, rec) -> true | nil, err: write a recording atomically.
 function M.save(path, rec)
   return M.write_atomic(path, M.serialize(rec))
 end
@@ -185,6 +188,7 @@ end
 local STATES = { exited = "CONTAINER_EXITED", running = "CONTAINER_RUNNING", created = "CONTAINER_CREATED",
   unknown = "CONTAINER_UNKNOWN" }
 
+-- hexid(s) -> a 64-hex-digit ID derived from s (stable names for hand-written nodes).
 local function hexid(s)
   -- 64 hex digits derived from s (not a hash anyone relies on; just unique for unique s).
   local h1, h2 = 5381, 52711
@@ -309,6 +313,7 @@ function Fake:fail(method, code, message, opts)
     when = opts.when }
 end
 
+-- rt:heal(method): undo rt:fail(method, ...).
 function Fake:heal(method)
   self.failures[method] = nil
 end
@@ -384,6 +389,23 @@ local function now_ns(self)
   return M.ns(self.clock())
 end
 
+-- The CRI methods the fake serves, answering as containerd 1.6 does:
+--   rt:version()                   -- runtime name "kubelua-fake" (or rt.version_info)
+--   rt:status()                    -- rt.runtime_status (default: runtime and network ready)
+--   rt:list_pod_sandbox(req)       -- sandboxes, with filters (id, state, labels)
+--   rt:pod_sandbox_status(req)     -- one sandbox; NOT_FOUND when unknown
+--   rt:list_containers(req)        -- containers, with filters (id or prefix, state, sandbox, labels)
+--   rt:container_status(req)       -- one container with its exit code and times; NOT_FOUND when unknown
+--   rt:list_container_stats(req)   -- writable layer bytes from the state's stats
+--   rt:stop_container(req)         -- running -> exited; NOT_FOUND when unknown
+--   rt:remove_container(req)       -- stops it first; unknown IDs succeed
+--   rt:stop_pod_sandbox(req)       -- ready -> not ready, its containers exited
+--   rt:remove_pod_sandbox(req)     -- with its containers; unknown IDs succeed
+--   rt:exec_sync(req)              -- answered by rt:on_exec(fn)
+--   rt:list_images(req)            -- images of the state
+--   rt:image_status(req)           -- one image by ID or reference, or no image
+--   rt:image_fs_info(req)          -- the image filesystem's usage
+--   rt:remove_image(req)           -- gives its size back to the image filesystem
 function Fake:version()
   local e, code = call(self, "version")
   if e then
@@ -709,6 +731,7 @@ local function ids(list)
   table.sort(out_)
   return out_
 end
+-- rt:container_ids(), rt:sandbox_ids(), rt:image_ids() -> sorted IDs of what is left.
 function Fake:container_ids()
   return ids(self.containers)
 end

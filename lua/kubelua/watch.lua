@@ -77,6 +77,7 @@ local kcore = require "kubelua.core"
 
 local M = {}
 
+-- Options dir() and file() fill in when left out.
 M.defaults = {
   debounce = 0.1,
   max_delay = 1,

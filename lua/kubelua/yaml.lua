@@ -51,6 +51,8 @@ local M = {}
 
 M.null = core.null
 M.array_mt = core.array_mt
+-- Limits of decode (opts override them): input bytes, nesting depth, nodes an
+-- alias expansion may produce (docs/yaml.md).
 M.MAX_SIZE = 10 * 1024 * 1024
 M.MAX_DEPTH = 100
 M.MAX_ALIAS_NODES = 100000

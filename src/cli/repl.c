@@ -205,6 +205,7 @@ static int l_readline(lua_State *L)
     return 1;
 }
 
+/* add_history(line): append a line to the in-memory history. */
 static int l_add_history(lua_State *L)
 {
 #ifdef KL_HAVE_LIBEDIT
@@ -213,6 +214,7 @@ static int l_add_history(lua_State *L)
     return 0;
 }
 
+/* read_history(path): load history from a file (a missing file is fine). */
 static int l_read_history(lua_State *L)
 {
 #ifdef KL_HAVE_LIBEDIT
@@ -221,6 +223,7 @@ static int l_read_history(lua_State *L)
     return 0;
 }
 
+/* write_history(path [, max]) -> true | nil, err: save the last `max` (1000) lines. */
 static int l_write_history(lua_State *L)
 {
 #ifdef KL_HAVE_LIBEDIT
@@ -254,6 +257,7 @@ static int l_interruptible(lua_State *L)
     return 0;
 }
 
+/* isatty([fd]) -> whether fd (0) is a terminal. */
 static int l_isatty(lua_State *L)
 {
     lua_pushboolean(L, isatty((int)luaL_optinteger(L, 1, 0)));

@@ -538,6 +538,7 @@ static int ctl_close(lua_State *L)
     return 0;
 }
 
+/* ctl:path() -> the socket's path ("" once closed). */
 static int ctl_path(lua_State *L)
 {
     ctl *s = check_ctl(L);

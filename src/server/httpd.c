@@ -697,6 +697,7 @@ static int l_listen(lua_State *L)
     return 1;
 }
 
+/* srv:port() -> the port listened on (the one the kernel chose for port 0). */
 static int srv_port(lua_State *L)
 {
     lua_pushinteger(L, check_srv(L)->port);

@@ -8,6 +8,10 @@
  * Go's base-0 syntax, non-string keys turned into strings. docs/yaml.md has
  * the whole mapping and the limits (size, depth, alias expansion).
  *
+ * core.null: a YAML null inside tables (a light userdata, NULL).
+ * core.array_mt: the metatable marking tables decoded from sequences.
+ * kubelua.yaml re-exports both.
+ *
  * Every function carries the same upvalues (see luaopen below). */
 #include <errno.h>
 #include <fcntl.h>

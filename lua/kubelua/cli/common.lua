@@ -40,14 +40,16 @@ local cri = require "kubelua.cri"
 
 local M = {}
 
+-- Exit statuses (above): success, runtime or API failure, usage error.
 M.EXIT_OK, M.EXIT_ERROR, M.EXIT_USAGE = 0, 1, 2
 
+-- Endpoints tried in order when none is configured (crictl's list).
 M.DEFAULT_ENDPOINTS = {
   "unix:///run/containerd/containerd.sock",
   "unix:///run/crio/crio.sock",
   "unix:///var/run/cri-dockerd.sock",
 }
-M.DEFAULT_CONFIG = "/etc/crictl.yaml"
+M.DEFAULT_CONFIG = "/etc/crictl.yaml" -- crictl's configuration file
 M.DEFAULT_TIMEOUT = 2 -- seconds, crictl's default on Unix
 
 -- Kubernetes' well-known labels on containers and pods.
@@ -261,6 +263,7 @@ end
 local Ctx = {}
 Ctx.__index = Ctx
 
+-- ctx:out(s), ctx:line(s): write to the command's stdout (line adds a newline).
 function Ctx:out(s)
   self.stdout:write(s)
 end
@@ -1060,6 +1063,7 @@ local CONTAINER_STATES = {
 }
 local POD_STATES = { SANDBOX_READY = "Ready", SANDBOX_NOTREADY = "NotReady" }
 
+-- container_state(s), pod_state(s) -> crictl's column text of a CRI state ("Running", "Ready").
 function M.container_state(s)
   return CONTAINER_STATES[s] or tostring(s)
 end
@@ -1071,7 +1075,7 @@ end
 -- --state values as crictl takes them.
 M.CONTAINER_STATE_FLAG = { created = "CONTAINER_CREATED", running = "CONTAINER_RUNNING",
   exited = "CONTAINER_EXITED", unknown = "CONTAINER_UNKNOWN" }
-M.POD_STATE_FLAG = { ready = "SANDBOX_READY", notready = "SANDBOX_NOTREADY" }
+M.POD_STATE_FLAG = { ready = "SANDBOX_READY", notready = "SANDBOX_NOTREADY" } -- --state values of pods
 
 -- Newest first (crictl's order for ps and pods), then --latest/--last.
 function M.newest_first(items, latest, last)

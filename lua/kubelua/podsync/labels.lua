@@ -11,6 +11,7 @@ local podlib = require "kubelua.pod"
 
 local M = {}
 
+-- The labels kubelet puts on every sandbox and container it creates.
 M.POD_NAME = "io.kubernetes.pod.name"
 M.POD_NAMESPACE = "io.kubernetes.pod.namespace"
 M.POD_UID = "io.kubernetes.pod.uid"
@@ -33,6 +34,7 @@ function M.container_hash(c)
   return podlib.hash(podlib.canonical(c)):sub(1, 16)
 end
 
+-- pod_log_dir(root, pod) -> "<root>/<namespace>_<name>_<uid>", the pod's log folder.
 function M.pod_log_dir(pod_logs_dir, pod)
   local md = pod.metadata
   return string.format("%s/%s_%s_%s", pod_logs_dir, md.namespace, md.name, md.uid)
@@ -72,6 +74,7 @@ function M.sandbox_config(pod, opts)
   }
 end
 
+-- grace_seconds(pod) -> terminationGracePeriodSeconds, 30 when unset.
 local function grace_seconds(pod)
   return pod.spec.terminationGracePeriodSeconds or 30
 end

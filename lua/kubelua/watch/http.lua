@@ -47,6 +47,7 @@ local http = require "kubelua.http"
 
 local M = {}
 
+-- Options new{} fills in when left out.
 M.defaults = {
   period = 20,
   timeout = 10,
