@@ -61,7 +61,7 @@ function M.start(cfg)
   self.sync = podsync.new{
     client = rt, node = cfg.nodeName, pod_logs_dir = cfg.podLogsDir,
     backoff = { initial = dur(clb.initial, 10), max = dur(clb.max, 300), reset = dur(clb.reset, 600) },
-    resync = 5, on_sync = ex.on_sync, log = ex.logger("podsync"),
+    resync = cfg.syncFrequency, on_sync = ex.on_sync, log = ex.logger("podsync"),
   }
   self.prober = prober.new{ runtime = rt, log = ex.logger("prober") }
   self.prober:subscribe(function(u)

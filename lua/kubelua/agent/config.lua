@@ -30,6 +30,7 @@ M.KEYS = {
   staticPodURL = { "string", "" },
   staticPodURLHeader = { "table", {} },
   fileCheckFrequency = { "duration", 20 },
+  syncFrequency = { "duration", 60 },
   httpCheckFrequency = { "duration", 20 },
   imageGCHighThresholdPercent = { "percent", 85 },
   imageGCLowThresholdPercent = { "percent", 80 },

@@ -29,7 +29,7 @@ local M = {}
 
 -- Configuration keys a reload applies in place; a change to any other key needs a restart.
 M.LIVE = {
-  policies = true, logFormat = true, containerGCPeriod = true, relistPeriod = true,
+  policies = true, logFormat = true, containerGCPeriod = true, relistPeriod = true, syncFrequency = true,
   crashLoopBackOff = true, staticPodPath = true, fileCheckFrequency = true,
   staticPodURL = true, staticPodURLHeader = true, httpCheckFrequency = true,
 }
@@ -113,6 +113,10 @@ end
 
 function APPLY.relistPeriod(agent, cfg)
   agent.pleg.period = cfg.relistPeriod
+end
+
+function APPLY.syncFrequency(agent, cfg)
+  agent.sync.resync = cfg.syncFrequency -- each worker's next wait
 end
 
 function APPLY.crashLoopBackOff(agent, cfg)
