@@ -32,7 +32,7 @@ test-fast: build
 # pod, process and mount it started.
 demo: build
 	@bash tests/support/containerd.sh start $(DEMO_CTD) >/dev/null
-	@trap 'kill $$AGENT 2>/dev/null; wait $$AGENT 2>/dev/null; bash tests/support/containerd.sh clean $(DEMO_CTD) >/dev/null; echo cleaned up' EXIT INT TERM; \
+	@trap 'kill $$AGENT 2>/dev/null; wait $$AGENT 2>/dev/null; bash tests/support/containerd.sh clean $(DEMO_CTD) >/dev/null; echo cleaned up' EXIT INT TERM HUP; \
 	  mkdir -p /tmp/kubelua-demo; \
 	  CONTAINER_RUNTIME_ENDPOINT=unix://$(DEMO_CTD)/containerd.sock \
 	    ./$(BUILD)/kubelua agent --config examples/agent.yaml 2>/tmp/kubelua-demo/agent.log & AGENT=$$!; \

@@ -28,7 +28,7 @@ cmake "-DHEADERS=$HDRS" "-DPROTOS=$PROTOS_ARG" "-DOUT=$OUT/gen/registry.c" \
 
 DEPS="luajit libprotobuf-c yaml-0.1 libuv libnghttp2"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-BASE="-std=c11 -D_GNU_SOURCE -g -O1 $SAN -I$ROOT/src -I$OUT/gen $(pkg-config --cflags $DEPS)"
+BASE="-std=c11 -D_GNU_SOURCE -g -O1 $SAN -I$ROOT/src -I$ROOT/include -I$OUT/gen $(pkg-config --cflags $DEPS)"
 WARN="-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter"
 
 # Library code under test: instrumented for coverage, not linked to libFuzzer's main.
