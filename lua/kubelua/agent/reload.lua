@@ -41,22 +41,7 @@ local last_success = metrics.gauge{ name = "kubelua_config_last_reload_success_t
 local last_ok = metrics.gauge{ name = "kubelua_config_last_reload_successful",
   help = "1 when the last configuration reload succeeded (or none was tried), 0 when it failed." }
 
-local function same(a, b)
-  if type(a) ~= "table" or type(b) ~= "table" then
-    return a == b
-  end
-  for k, v in pairs(a) do
-    if not same(v, b[k]) then
-      return false
-    end
-  end
-  for k in pairs(b) do
-    if a[k] == nil then
-      return false
-    end
-  end
-  return true
-end
+local same = require("kubelua.config").deep_equal -- plain values, tables by contents
 
 local function show(v)
   if type(v) == "table" then
