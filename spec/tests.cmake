@@ -28,6 +28,18 @@ foreach(s ${KL_SPECS})
   endif()
 endforeach()
 
+# The soak's short form (bench/soak): one minute of churn against a fresh
+# containerd of its own; the agent must survive it, keep /healthz up and stop
+# cleanly. One minute is inside the agent's warm-up, so the trends are printed
+# but not judged (--no-trend); `bench/soak/run.sh` judges them over 10+ min.
+# Normal build only: the long form is about the agent, not the sanitizers.
+if(NOT KL_SANITIZE)
+  add_test(NAME soak.short
+    COMMAND bash ${CMAKE_SOURCE_DIR}/bench/soak/run.sh --minutes 1 --interval 2 --no-trend)
+  set_tests_properties(soak.short PROPERTIES TIMEOUT 300 RESOURCE_LOCK containerd
+    ENVIRONMENT "KUBELUA=$<TARGET_FILE:kubelua>;RESULTS=${CMAKE_BINARY_DIR}/soak;KUBELUA_LUA_PATH=${CMAKE_SOURCE_DIR}/lua")
+endif()
+
 # The embedding API, from C.
 add_executable(embed_test ${CMAKE_SOURCE_DIR}/spec/c/embed_test.c)
 target_compile_options(embed_test PRIVATE ${KL_WARN})

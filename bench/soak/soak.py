@@ -197,6 +197,9 @@ def main():
     ap.add_argument("--churn", type=float, default=6, help="seconds between churn steps")
     ap.add_argument("--keep", type=int, default=4, help="churn pods alive at once")
     ap.add_argument("--warmup", type=float, default=0.2, help="fraction of the run discarded")
+    ap.add_argument("--no-trend", action="store_true",
+                    help="report the trends but do not fail on them (the 1-minute form under ctest, which is "
+                         "inside the agent's own warm-up: it checks that the agent survives the churn)")
     ap.add_argument("--csv", required=True)
     ap.add_argument("--results", required=True)
     a = ap.parse_args()
@@ -349,7 +352,9 @@ def main():
     if not churn_ok:
         print("FAIL: the churn did not happen (no restarts, flips, additions or removals)")
         return 1
-    if bad:
+    if bad and a.no_trend:
+        print("(not judged, --no-trend) growing after warm-up: " + ", ".join(r["series"] for r in bad))
+    elif bad:
         print("FAIL: growing after warm-up: " + ", ".join(r["series"] for r in bad))
         return 1
     print("PASS")
