@@ -46,6 +46,7 @@ struct cconn {
 
 typedef struct {
     uv_pipe_t pipe;
+    kl_host *h; /* for logging in its format */
     int pipe_open;
     int closed;
     int ud_alive;
@@ -337,7 +338,7 @@ static void on_connection(uv_stream_t *st, int status)
 {
     ctl *s = st->data;
     if (status < 0) {
-        kl__log('W', "control server %s: accept: %s", s->path, uv_strerror(status));
+        kl__logh(s->h, 'W', NULL, "control server %s: accept: %s", s->path, uv_strerror(status));
         return;
     }
     cconn *c = calloc(1, sizeof *c);
@@ -362,7 +363,8 @@ static void on_connection(uv_stream_t *st, int status)
         c->pid = (long)cred.pid;
     }
     if (!ok || (cred.uid != 0 && cred.uid != geteuid())) {
-        kl__log('W', "control server %s: refused peer uid %ld pid %ld", s->path, c->uid, c->pid);
+        kl__logh(s->h, 'W', NULL, "control server %s: refused peer uid %ld pid %ld", s->path,
+                 c->uid, c->pid);
         refuse(c, "ERR permission denied: only root and the agent's user may connect\n");
         return;
     }
@@ -439,7 +441,8 @@ static int l_listen(lua_State *L)
     if (s == NULL)
         return luaL_error(L, "out of memory");
     memcpy(s->path, path, plen + 1);
-    uv_pipe_init(kl__host(L)->loop, &s->pipe, 0);
+    s->h = kl__host(L);
+    uv_pipe_init(s->h->loop, &s->pipe, 0);
     s->pipe.data = s;
     s->pipe_open = 1;
     int rc = uv_pipe_bind(&s->pipe, path);

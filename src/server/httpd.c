@@ -610,7 +610,7 @@ static void on_connection(uv_stream_t *st, int status)
 {
     srv *s = st->data;
     if (status < 0) {
-        kl__log('W', "http server: accept: %s", uv_strerror(status));
+        kl__logh(s->h, 'W', NULL, "http server: accept: %s", uv_strerror(status));
         return;
     }
     hconn *c = calloc(1, sizeof *c);

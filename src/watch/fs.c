@@ -120,7 +120,8 @@ enum { ROOT_UNKNOWN, ROOT_PRESENT, ROOT_MISSING };
 
 typedef struct {
     uv_loop_t *loop;
-    int fd; /* the inotify instance */
+    kl_host *h; /* for logging in its format */
+    int fd;     /* the inotify instance */
     uv_poll_t poll;
     uv_timer_t debounce; /* the earliest deadline, while a task waits */
     uv_timer_t tick;     /* rescan (present) or retry (missing) */
@@ -505,8 +506,9 @@ static void root_flush(watcher *w, lua_State *L, int *n, uint64_t now)
             ok = 0, err = errno; /* went away in between */
         } else if (wd < 0) {
             if (!w->watch_warned)
-                kl__log('W', "watch %s: inotify_add_watch: %s; changes are seen by rescans only",
-                        w->root, strerror(errno));
+                kl__logh(w->h, 'W', NULL,
+                         "watch %s: inotify_add_watch: %s; changes are seen by rescans only",
+                         w->root, strerror(errno));
             w->watch_warned = 1;
         } else {
             w->root_wd = wd;
@@ -754,7 +756,8 @@ static void on_poll(uv_poll_t *h, int status, int events)
     if (w->closed)
         return;
     if (status < 0) {
-        kl__log('W', "watch %s: inotify poll: %s; rescanning", w->root, uv_strerror(status));
+        kl__logh(w->h, 'W', NULL, "watch %s: inotify poll: %s; rescanning", w->root,
+                 uv_strerror(status));
         uv_poll_stop(&w->poll);
         mark_root(w, uv_hrtime(), 0);
         deliver(w);
@@ -887,6 +890,7 @@ static int l_open(lua_State *L)
     watcher *w = calloc(1, sizeof *w);
     if (w == NULL)
         return kl__push_error(L, "ERROR", "watch %s: out of memory", root);
+    w->h = kl__host(L);
     w->fd = -1;
     w->root_wd = w->anc_wd = -1;
     w->root = strdup(root);
