@@ -99,15 +99,7 @@ local OPTIONS = {
 }
 
 local function check_options(opts)
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then
-      error("kubelua.gc.new: unknown option " .. tostring(k), 3)
-    end
-    if not want:find(type(v), 1, true) then
-      error(string.format("kubelua.gc.new: option %s must be a %s, got %s", k, want, type(v)), 3)
-    end
-  end
+  require("kubelua.opts").check(opts, OPTIONS, "kubelua.gc.new", 3)
   if opts.runtime == nil then
     error("kubelua.gc.new: option runtime (a CRI client) is required", 3)
   end

@@ -1,0 +1,26 @@
+-- kubelua.opts: option tables checked against their types, errors blamed on
+-- the caller's line (here through kubelua.gc.new and kubelua.image_gc.new).
+local t = require "spec.t"
+local opts = require "kubelua.opts"
+
+t.describe("opts.check", function()
+  t.it("returns a table whose keys and types are allowed", function()
+    local o = { a = 1, b = "x", c = {} }
+    t.eq(opts.check(o, { a = "number", b = "string|nil", c = "function|table" }, "f"), o)
+  end)
+
+  t.it("names an unknown key and a wrong type", function()
+    t.match(t.fails(function() opts.check({ z = 1 }, { a = "number" }, "mod.f") end), "mod.f: unknown option z")
+    t.match(t.fails(function() opts.check({ a = "1" }, { a = "number" }, "mod.f") end),
+      "mod.f: option a must be a number, got string")
+  end)
+
+  t.it("blames the line that called gc.new / image_gc.new", function()
+    local line = debug.getinfo(1, "l").currentline + 1
+    local e = t.fails(function() require("kubelua.gc").new{ runtime = {}, bogus = true } end)
+    t.match(e, "opts_spec%.lua:" .. line .. ": kubelua%.gc%.new: unknown option bogus")
+    line = debug.getinfo(1, "l").currentline + 1
+    e = t.fails(function() require("kubelua.image_gc").new{ runtime = {}, high = "85" } end)
+    t.match(e, "opts_spec%.lua:" .. line .. ": kubelua%.image_gc%.new: option high must be a number, got string")
+  end)
+end)
