@@ -13,7 +13,7 @@
  *
  * Memory: listener and connections are malloc'd and freed from uv_close
  * callbacks; a connection also counts its Lua userdata as a reference. */
-#include "host/host.h"
+#include "server/common.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -40,7 +40,7 @@ struct cconn {
     kl_park *reader;
     char *buf;
     size_t len, cap;
-    cconn *qnext; /* accepted, waiting for ctl:accept() */
+    kl__qlink qlink; /* accepted, waiting for ctl:accept() */
     long uid, pid;
 };
 
@@ -50,9 +50,7 @@ typedef struct {
     int pipe_open;
     int closed;
     int ud_alive;
-    kl_park *waiter;
-    cconn *q, *q_end;
-    int nq;
+    kl__waitq accepted; /* permitted connections not yet taken by accept() */
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     dev_t dev;
     ino_t ino;
@@ -136,17 +134,7 @@ static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     cconn *c = hd->data;
-    size_t want = 4096;
-    if (c->cap - c->len < want) {
-        char *nb = realloc(c->buf, c->len + want);
-        if (nb == NULL) {
-            *buf = uv_buf_init(NULL, 0);
-            return;
-        }
-        c->buf = nb;
-        c->cap = c->len + want;
-    }
-    *buf = uv_buf_init(c->buf + c->len, (unsigned)(c->cap - c->len));
+    kl__read_room(&c->buf, c->len, &c->cap, 4096, buf);
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -297,6 +285,24 @@ static void push_conn(lua_State *L, cconn *c)
     luaL_setmetatable(L, CONN_MT);
 }
 
+/* The accept queue's give: the userdata takes over the queue's reference,
+ * and the connection starts reading. */
+static void give_conn(lua_State *L, kl__qlink *it)
+{
+    cconn *c = kl__item_of(it, cconn, qlink);
+    push_conn(L, c);
+    conn_unref(c);
+    conn_read_start(c);
+}
+
+/* The accept queue's drop: a connection Lua never saw. */
+static void drop_conn(kl__qlink *it)
+{
+    cconn *c = kl__item_of(it, cconn, qlink);
+    conn_close(c);
+    conn_unref(c);
+}
+
 /* --- the listener --------------------------------------------------------- */
 
 static void ctl_maybe_free(ctl *s)
@@ -368,25 +374,11 @@ static void on_connection(uv_stream_t *st, int status)
         refuse(c, "ERR permission denied: only root and the agent's user may connect\n");
         return;
     }
-    if (s->nq >= MAX_PENDING) {
+    if (s->accepted.len >= MAX_PENDING) {
         refuse(c, "ERR busy: too many pending connections\n");
         return;
     }
-    if (s->waiter != NULL) {
-        kl_park *p = s->waiter;
-        s->waiter = NULL;
-        push_conn(kl__park_thread(p), c);
-        conn_unref(c); /* the userdata holds it now */
-        conn_read_start(c);
-        kl__park_resume(p, 1);
-        return;
-    }
-    if (s->q_end != NULL)
-        s->q_end->qnext = c;
-    else
-        s->q = c;
-    s->q_end = c;
-    s->nq++;
+    kl__waitq_put(&s->accepted, &c->qlink, give_conn);
 }
 
 static ctl *check_ctl(lua_State *L)
@@ -472,12 +464,6 @@ static int l_listen(lua_State *L)
     return 1;
 }
 
-static void accept_cancel(void *ud)
-{
-    ctl *s = ud;
-    s->waiter = NULL;
-}
-
 /* ctl:accept() -> conn, or nil once closed. Parks. */
 static int ctl_accept(lua_State *L)
 {
@@ -486,25 +472,12 @@ static int ctl_accept(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    if (s->waiter != NULL)
-        return luaL_error(L, "control server: another task is already waiting in accept()");
-    if (s->q != NULL) {
-        cconn *c = s->q;
-        s->q = c->qnext;
-        if (s->q == NULL)
-            s->q_end = NULL;
-        s->nq--;
-        push_conn(L, c);
-        conn_unref(c);
-        conn_read_start(c);
-        return 1;
-    }
-    kl_park *p = kl__park_new(L);
-    s->waiter = p;
-    kl__park_set_cancel(p, accept_cancel, s);
-    return kl__park_yield(L, p);
+    return kl__waitq_take(L, &s->accepted, give_conn,
+                          "control server: another task is already waiting in accept()");
 }
 
+/* Stop listening, drop unaccepted connections, end a parked accept() with
+ * nil (none is parked when called from __gc: it would hold the userdata). */
 static void ctl_shutdown(ctl *s)
 {
     if (s->closed)
@@ -514,14 +487,7 @@ static void ctl_shutdown(ctl *s)
     if (lstat(s->path, &st) == 0 && st.st_dev == s->dev && st.st_ino == s->ino)
         unlink(s->path);
     uv_close((uv_handle_t *)&s->pipe, ctl_closed_cb);
-    while (s->q != NULL) {
-        cconn *c = s->q;
-        s->q = c->qnext;
-        conn_close(c);
-        conn_unref(c);
-    }
-    s->q_end = NULL;
-    s->nq = 0;
+    kl__waitq_close(&s->accepted, drop_conn);
 }
 
 /* ctl:close(): stop listening, remove the socket file, end accept() with nil.
@@ -532,12 +498,6 @@ static int ctl_close(lua_State *L)
     if (s == NULL)
         return 0;
     ctl_shutdown(s);
-    if (s->waiter != NULL) {
-        kl_park *p = s->waiter;
-        s->waiter = NULL;
-        lua_pushnil(kl__park_thread(p));
-        kl__park_resume(p, 1);
-    }
     return 0;
 }
 
@@ -569,22 +529,10 @@ int luaopen_kubelua_server_control(lua_State *L)
                                             {"close", conn_close_l},
                                             {"peer", conn_peer},
                                             {0, 0}};
-    luaL_newmetatable(L, CONN_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, conn_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, conn_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    kl__new_type(L, CONN_MT, conn_methods, conn_gc);
     static const luaL_Reg ctl_methods[] = {
         {"accept", ctl_accept}, {"close", ctl_close}, {"path", ctl_path}, {0, 0}};
-    luaL_newmetatable(L, CTL_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, ctl_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, ctl_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    kl__new_type(L, CTL_MT, ctl_methods, ctl_gc);
     static const luaL_Reg fns[] = {{"listen", l_listen}, {0, 0}};
     luaL_newlib(L, fns);
     return 1;

@@ -15,7 +15,7 @@
  *
  * Memory: the server and each connection are malloc'd and freed from uv_close
  * callbacks; the Lua userdata only points at the server. */
-#include "host/host.h"
+#include "server/common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +36,7 @@ typedef struct hreq hreq;
 
 /* A parsed request waiting for a Lua task; strings point into buf. */
 struct hreq {
-    hreq *next;
+    kl__qlink link; /* in the server's queue */
     double conn_id;
     char *buf;
     const char *method, *target;
@@ -75,8 +75,7 @@ struct srv {
     hconn *conns;
     int nconns;
     double next_id;
-    hreq *q, *q_end;
-    kl_park *waiter;
+    kl__waitq requests; /* parsed, waiting for next() */
     int port;
 };
 
@@ -268,17 +267,7 @@ static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     hconn *c = hd->data;
-    size_t want = 64 * 1024;
-    if (c->cap - c->len < want) {
-        char *nb = realloc(c->buf, c->len + want);
-        if (nb == NULL) {
-            *buf = uv_buf_init(NULL, 0);
-            return;
-        }
-        c->buf = nb;
-        c->cap = c->len + want;
-    }
-    *buf = uv_buf_init(c->buf + c->len, (unsigned)(c->cap - c->len));
+    kl__read_room(&c->buf, c->len, &c->cap, 64 * 1024, buf);
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -358,7 +347,7 @@ static int has_token(const char *v, const char *tok)
     return 0;
 }
 
-static void srv_deliver(srv *s);
+static void give_request(lua_State *L, kl__qlink *it);
 
 /* Parse what is buffered: queue a complete request, answer an error, or
  * wait for more bytes. */
@@ -536,13 +525,7 @@ static void conn_process(hconn *c)
     uv_timer_stop(&c->timer);
     r->conn_id = c->id;
     memcpy(r->peer, c->peer, sizeof r->peer);
-    srv *s = c->s;
-    if (s->q_end != NULL)
-        s->q_end->next = r;
-    else
-        s->q = r;
-    s->q_end = r;
-    srv_deliver(s);
+    kl__waitq_put(&c->s->requests, &r->link, give_request);
 }
 
 /* --- the server ---------------------------------------------------------- */
@@ -584,19 +567,18 @@ static void push_request(lua_State *L, hreq *r)
     lua_setfield(L, -2, "peer");
 }
 
-static void srv_deliver(srv *s)
+/* The request queue's give: the request becomes a table and is freed. */
+static void give_request(lua_State *L, kl__qlink *it)
 {
-    if (s->waiter == NULL || s->q == NULL)
-        return;
-    hreq *r = s->q;
-    s->q = r->next;
-    if (s->q == NULL)
-        s->q_end = NULL;
-    kl_park *p = s->waiter;
-    s->waiter = NULL;
-    push_request(kl__park_thread(p), r);
+    hreq *r = kl__item_of(it, hreq, link);
+    push_request(L, r);
     hreq_free(r);
-    kl__park_resume(p, 1);
+}
+
+/* The request queue's drop: a request nobody took. */
+static void drop_request(kl__qlink *it)
+{
+    hreq_free(kl__item_of(it, hreq, link));
 }
 
 static void srv_tcp_closed(uv_handle_t *hd)
@@ -704,12 +686,6 @@ static int srv_port(lua_State *L)
     return 1;
 }
 
-static void next_cancel(void *ud)
-{
-    srv *s = ud;
-    s->waiter = NULL;
-}
-
 /* srv:next() -> request table, or nil once the server is closed. Parks. */
 static int srv_next(lua_State *L)
 {
@@ -718,21 +694,8 @@ static int srv_next(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    if (s->waiter != NULL)
-        return luaL_error(L, "http server: another task is already waiting in next()");
-    if (s->q != NULL) {
-        hreq *r = s->q;
-        s->q = r->next;
-        if (s->q == NULL)
-            s->q_end = NULL;
-        push_request(L, r);
-        hreq_free(r);
-        return 1;
-    }
-    kl_park *p = kl__park_new(L);
-    s->waiter = p;
-    kl__park_set_cancel(p, next_cancel, s);
-    return kl__park_yield(L, p);
+    return kl__waitq_take(L, &s->requests, give_request,
+                          "http server: another task is already waiting in next()");
 }
 
 static int valid_header_text(const char *v, int name)
@@ -821,18 +784,16 @@ static int srv_respond(lua_State *L)
     return 1;
 }
 
+/* Stop listening, drop queued requests and every connection, end a parked
+ * next() with nil (none is parked when called from __gc: it would hold the
+ * userdata). */
 static void srv_shutdown(srv *s)
 {
     if (s->closed)
         return;
     s->closed = 1;
     uv_close((uv_handle_t *)&s->tcp, srv_tcp_closed);
-    while (s->q != NULL) {
-        hreq *r = s->q;
-        s->q = r->next;
-        hreq_free(r);
-    }
-    s->q_end = NULL;
+    kl__waitq_close(&s->requests, drop_request);
     while (s->conns != NULL)
         conn_close(s->conns);
 }
@@ -844,12 +805,6 @@ static int srv_close(lua_State *L)
     if (s == NULL)
         return 0;
     srv_shutdown(s);
-    if (s->waiter != NULL) {
-        kl_park *p = s->waiter;
-        s->waiter = NULL;
-        lua_pushnil(kl__park_thread(p));
-        kl__park_resume(p, 1);
-    }
     return 0;
 }
 
@@ -868,7 +823,7 @@ static int srv_gc(lua_State *L)
     if (s == NULL)
         return 0;
     *ud = NULL;
-    srv_shutdown(s); /* a parked next() holds the userdata, so none is parked */
+    srv_shutdown(s);
     s->ud_alive = 0;
     srv_maybe_free(s);
     return 0;
@@ -882,13 +837,7 @@ int luaopen_kubelua_server_core(lua_State *L)
                                        {"close", srv_close},
                                        {"connections", srv_connections},
                                        {0, 0}};
-    luaL_newmetatable(L, SRV_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, srv_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    kl__new_type(L, SRV_MT, methods, srv_gc);
     static const luaL_Reg fns[] = {{"listen", l_listen}, {0, 0}};
     luaL_newlib(L, fns);
     return 1;
