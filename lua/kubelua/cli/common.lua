@@ -148,6 +148,24 @@ function M.parse(args, spec, opts)
     end
   end
   local i, n = 1, #args
+  -- A flag that takes a value: `value` when it came with the flag, else the
+  -- next argument; converted to the flag's kind and stored. nil, message
+  -- when the value is missing or malformed.
+  local function take(d, value, shown)
+    if value == nil then
+      i = i + 1
+      value = args[i]
+      if value == nil then
+        return nil, "flag needs an argument: " .. shown
+      end
+    end
+    local v, err = convert(d, value, shown)
+    if v == nil then
+      return nil, err
+    end
+    set(d, v)
+    return true
+  end
   while i <= n do
     local a = args[i]
     if a == "--" then
@@ -162,30 +180,13 @@ function M.parse(args, spec, opts)
       if not d then
         return nil, "unknown flag: --" .. name
       end
-      local shown = "--" .. name
-      if d.kind == "bool" then
-        local v = true
-        if value then
-          local err
-          v, err = convert(d, value, shown)
-          if v == nil then
-            return nil, err
-          end
-        end
-        set(d, v)
+      if d.kind == "bool" and value == nil then
+        set(d, true)
       else
-        if not value then
-          i = i + 1
-          value = args[i]
-          if value == nil then
-            return nil, "flag needs an argument: " .. shown
-          end
-        end
-        local v, err = convert(d, value, shown)
-        if v == nil then
+        local ok, err = take(d, value, "--" .. name)
+        if not ok then
           return nil, err
         end
-        set(d, v)
       end
     elseif a:sub(1, 1) == "-" and #a > 1 and not tonumber(a) then
       local j = 2
@@ -195,27 +196,16 @@ function M.parse(args, spec, opts)
         if not d then
           return nil, "unknown flag: -" .. c
         end
-        local shown = "-" .. c
         if d.kind == "bool" then
           set(d, true)
           j = j + 1
         else
-          local value = a:sub(j + 1)
-          if value:sub(1, 1) == "=" then
-            value = value:sub(2)
-          end
-          if value == "" then
-            i = i + 1
-            value = args[i]
-            if value == nil then
-              return nil, "flag needs an argument: " .. shown
-            end
-          end
-          local v, err = convert(d, value, shown)
-          if v == nil then
+          -- the rest of the word is the value (-ojson, -o=json), else the next argument
+          local value = a:sub(j + 1):gsub("^=", "", 1)
+          local ok, err = take(d, value ~= "" and value or nil, "-" .. c)
+          if not ok then
             return nil, err
           end
-          set(d, v)
           break
         end
       end
@@ -384,11 +374,10 @@ function M.first_answering(list, opts)
     "UNAVAILABLE"
 end
 
--- The CRI client (connected once, lazily); nil after reporting the error.
--- targets(noun, list) -> client, ids: the IDs given as arguments, or with
--- --all those list(client) returns (an array of IDs, or nil, err). Exactly
--- one of the two must be given. Returns nothing after reporting a usage or
--- runtime error.
+-- The client and the IDs a command acts on: the IDs given as arguments, or
+-- with --all those list(client) returns (an array of IDs, or nil, err).
+-- Exactly one of the two must be given. Returns nothing after reporting a
+-- usage or runtime error.
 function Ctx:targets(noun, list)
   local ids = self.args
   if self.flags.all and #ids > 0 then
@@ -422,6 +411,7 @@ function M.ids(resp, field, err)
   return ids
 end
 
+-- The CRI client (connected once, lazily); nil after reporting the error.
 function Ctx:client()
   if self._client then
     return self._client
@@ -457,6 +447,27 @@ function Ctx:format(allowed)
     table.concat(allowed, ", ")))
 end
 
+-- How a command without positional arguments starts: ctx:format(allowed),
+-- then a usage error for any argument, then (when `connect`) ctx:client().
+-- Returns the format and the client; nil after reporting an error.
+function Ctx:format_no_args(allowed, connect)
+  local format = self:format(allowed)
+  if not format then
+    return nil
+  end
+  if #self.args > 0 then
+    return self:usage("unexpected argument " .. self.args[1])
+  end
+  if not connect then
+    return format
+  end
+  local rt = self:client()
+  if not rt then
+    return nil
+  end
+  return format, rt
+end
+
 -- Parse repeated `--label k=v` flags into a map.
 function Ctx:labels()
   local out = {}
@@ -487,8 +498,8 @@ end
 -- command{ name=, args=, summary=, flags={...}, run=function(ctx) end,
 --          stop_at_positional=, own_timeout= } -> module { main, run, spec }
 -- run(ctx) uses ctx.flags, ctx.args, ctx:client(), ctx:line(), ctx:fail().
--- The module's run(args, env) returns the exit status; env may carry
--- client (a ready client, e.g. a fake in tests), stdout and stderr (objects
+-- The module's run(args, env) returns the exit status; env may carry a
+-- ready client to use (a fake in tests, say), stdout and stderr (objects
 -- with :write). main(args) is what `kubelua NAME` calls.
 function M.command(cmd)
   local mod = { spec = cmd }
@@ -1098,6 +1109,18 @@ function M.newest_first(items, latest, last)
   return items
 end
 
+-- One flag list of several, in order: a command's own flags followed by
+-- shared ones such as CONTAINER_FILTER_FLAGS. The lists are not changed.
+function M.join_flags(...)
+  local out = {}
+  for i = 1, select("#", ...) do
+    for _, f in ipairs((select(i, ...))) do
+      out[#out + 1] = f
+    end
+  end
+  return out
+end
+
 -- The flags shared by the commands that select containers (ps, inspect).
 M.CONTAINER_FILTER_FLAGS = {
   { "id", nil, "string", "filter by container id", arg = "ID" },
@@ -1112,27 +1135,24 @@ M.CONTAINER_FILTER_FLAGS = {
   { "last", "n", "int", "the N most recently created containers (any state)" },
 }
 
--- Containers selected by ps-style flags, newest first; nil after an error.
-function Ctx:select_containers()
+-- The filter flags that ps, pods and the inspect family share, applied
+-- before they list. --id goes into filter.id; --state into filter.state,
+-- looked up in `states` (CONTAINER_STATE_FLAG or POD_STATE_FLAG), a usage
+-- error "--state should be STATE_NAMES" when it is not there; --label into
+-- filter.label_selector; --name and --namespace are compiled; then the
+-- client is connected. Returns the client and the --name and --namespace
+-- matchers (false when the flag is not set); nil after reporting an error.
+function Ctx:selectors(filter, states, state_names)
   local f = self.flags
-  local filter = {}
   if f.id then
     filter.id = f.id
   end
-  if f.pod then
-    filter.pod_sandbox_id = f.pod
-  end
   if f.state then
-    local st = M.CONTAINER_STATE_FLAG[f.state:lower()]
+    local st = states[f.state:lower()]
     if not st then
-      return self:usage("--state should be one of created, running, exited or unknown")
+      return self:usage("--state should be " .. state_names)
     end
     filter.state = { state = st }
-  elseif not f.all then
-    filter.state = { state = "CONTAINER_RUNNING" }
-  end
-  if f.latest or (f.last and f.last > 0) then
-    filter.state = nil -- latest/last look at every state, as crictl's do
   end
   local labels = self:labels()
   if not labels then
@@ -1149,6 +1169,24 @@ function Ctx:select_containers()
   local rt = self:client()
   if not rt then
     return nil
+  end
+  return rt, name_re, ns_re
+end
+
+-- Containers selected by ps-style flags, newest first; nil after an error.
+function Ctx:select_containers()
+  local f = self.flags
+  local filter = { pod_sandbox_id = f.pod }
+  local rt, name_re, ns_re = self:selectors(filter, M.CONTAINER_STATE_FLAG,
+    "one of created, running, exited or unknown")
+  if not rt then
+    return nil
+  end
+  if not f.state and not f.all then
+    filter.state = { state = "CONTAINER_RUNNING" }
+  end
+  if f.latest or (f.last and f.last > 0) then
+    filter.state = nil -- latest/last look at every state, as crictl's do
   end
   local r, err = rt:list_containers{ filter = filter }
   if not r then
@@ -1182,6 +1220,81 @@ function Ctx:select_containers()
   return M.newest_first(out, f.latest, f.last)
 end
 
+-- The output of the list commands (ps, pods, images) other than their
+-- table. With -q the items' IDs, one a line; with -o json or yaml the items
+-- as the CRI list response `tname` holds them in `field`. Returns true when
+-- it printed, false when the table is the caller's to print.
+function Ctx:emit_list(items, format, field, tname)
+  if self.flags.quiet then
+    for _, x in ipairs(items) do
+      self:line(x.id)
+    end
+    return true
+  elseif format ~= "table" then
+    self:emit(M.to_json({ [field] = items }, tname), format)
+    return true
+  end
+  return false
+end
+
+-- ------------------------------------------------------------ inspect family
+
+-- The flags of inspect, inspectp and inspecti (before their filter flags).
+M.INSPECT_FLAGS = {
+  { "output", "o", "string", "output format: json, yaml or table", default = "json", arg = "FORMAT" },
+  { "quiet", "q", "bool", "leave out the runtime's verbose info" },
+}
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  return keys
+end
+
+-- Add a "Labels:" or "Annotations:" block of the inspect family's table
+-- format to `lines`: the title, then one tab-indented `key -> value` line a
+-- key, sorted.
+function M.map_lines(lines, title, map)
+  lines[#lines + 1] = title .. ":"
+  for _, k in ipairs(sorted_keys(map)) do
+    lines[#lines + 1] = "\t" .. k .. " -> " .. map[k]
+  end
+end
+
+-- The verbose info of a status as Go prints a map: Info: map[k:v k2:v2].
+local function info_line(info)
+  local parts = {}
+  for _, k in ipairs(sorted_keys(info or {})) do
+    parts[#parts + 1] = k .. ":" .. info[k]
+  end
+  return "Info: map[" .. table.concat(parts, " ") .. "]"
+end
+
+-- The IDs an inspect-family command works on: its arguments, else those of
+-- the items select(ctx) returns when `filtered` (a filter flag is set).
+-- Without either, a usage error "no NOUN ID given". Returns nil after
+-- reporting an error (select returns nil after reporting its own).
+function Ctx:ids_or_selected(noun, filtered, select)
+  if #self.args > 0 then
+    return self.args
+  end
+  if not filtered then
+    return self:usage("no " .. noun .. " ID given")
+  end
+  local list = select(self)
+  if not list then
+    return nil
+  end
+  local ids = {}
+  for i, x in ipairs(list) do
+    ids[i] = x.id
+  end
+  return ids
+end
+
 -- Output of the inspect family: one result is an object, several an
 -- array (crictl's rule).
 function Ctx:emit_results(results, format)
@@ -1190,6 +1303,44 @@ function Ctx:emit_results(results, format)
     self:emit(results[1], format)
   elseif #results > 1 then
     self:emit(json.array(results), format)
+  end
+end
+
+-- The run of inspect, inspectp and inspecti, from the functions in `how`.
+-- It checks -o (json, yaml or table), takes the IDs from how.ids() (nil
+-- after it reported an error), connects, then asks for each ID
+-- how.fetch(client, id, verbose), verbose unless -q, which returns the
+-- status response or nil, err (the error is reported, the next ID
+-- follows). The table format prints how.lines(response, now), a list of
+-- lines (now: when the loop started), as each response comes, then the
+-- response's info when verbose. json and yaml print, after the last ID,
+-- { status = how.status(response) } with the info's values beside it
+-- (info_values), through emit_results.
+function Ctx:inspect_each(how)
+  local format = self:format({ "json", "yaml", "table" })
+  local ids = format and how.ids()
+  local rt = ids and self:client()
+  if not rt then
+    return
+  end
+  local verbose = not self.flags.quiet
+  local results, now = {}, core.now()
+  for _, id in ipairs(ids) do
+    local r, err = how.fetch(rt, id, verbose)
+    if not r then
+      self:fail(err)
+    elseif format == "table" then
+      local lines = how.lines(r, now)
+      if verbose then
+        lines[#lines + 1] = info_line(r.info)
+      end
+      self:out(table.concat(lines, "\n") .. "\n")
+    else
+      results[#results + 1] = M.info_values(r.info, { status = how.status(r) })
+    end
+  end
+  if format ~= "table" then
+    self:emit_results(results, format)
   end
 end
 

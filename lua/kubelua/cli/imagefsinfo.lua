@@ -20,14 +20,7 @@ return common.command{
     { "output", "o", "string", "output format: json, yaml or table", default = "json", arg = "FORMAT" },
   },
   run = function(ctx)
-    local format = ctx:format({ "json", "yaml", "table" })
-    if not format then
-      return
-    end
-    if #ctx.args > 0 then
-      return ctx:usage("unexpected argument " .. ctx.args[1])
-    end
-    local rt = ctx:client()
+    local format, rt = ctx:format_no_args({ "json", "yaml", "table" }, true)
     if not rt then
       return
     end

@@ -76,14 +76,8 @@ return common.command{
     end
     local images = r.images
     sort_images(images)
-    if ctx.flags.quiet then
-      for _, img in ipairs(images) do
-        ctx:line(img.id)
-      end
+    if ctx:emit_list(images, format, "images", "runtime.v1.ListImagesResponse") then
       return
-    end
-    if format ~= "table" then
-      return ctx:emit(common.to_json({ images = images }, "runtime.v1.ListImagesResponse"), format)
     end
     local f = ctx.flags
     local header = { "IMAGE", "TAG" }

@@ -9,14 +9,7 @@ return common.command{
     { "quiet", "q", "bool", "only the conditions, no verbose info" },
   },
   run = function(ctx)
-    local format = ctx:format({ "json", "yaml" })
-    if not format then
-      return
-    end
-    if #ctx.args > 0 then
-      return ctx:usage("unexpected argument " .. ctx.args[1])
-    end
-    local rt = ctx:client()
+    local format, rt = ctx:format_no_args({ "json", "yaml" }, true)
     if not rt then
       return
     end

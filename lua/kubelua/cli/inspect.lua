@@ -25,33 +25,8 @@ function M.status_json(st)
   return out
 end
 
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
-  end
-  table.sort(keys)
-  return keys
-end
-M.sorted_keys = sorted_keys
-
--- "Labels:" / "Annotations:" blocks of the table format.
-function M.map_lines(lines, title, map)
-  lines[#lines + 1] = title .. ":"
-  for _, k in ipairs(sorted_keys(map)) do
-    lines[#lines + 1] = "\t" .. k .. " -> " .. map[k]
-  end
-end
-
-function M.info_line(lines, info)
-  local parts = {}
-  for _, k in ipairs(sorted_keys(info or {})) do
-    parts[#parts + 1] = k .. ":" .. info[k]
-  end
-  lines[#lines + 1] = "Info: map[" .. table.concat(parts, " ") .. "]"
-end
-
-local function table_text(r, verbose, now)
+-- The table format's lines of a ContainerStatus response (without the info).
+local function table_lines(r, now)
   local st, lines = r.status, {}
   lines[#lines + 1] = "ID: " .. st.id
   if st.metadata then
@@ -73,65 +48,29 @@ local function table_text(r, verbose, now)
     end
     lines[#lines + 1] = "Exit Code: " .. st.exit_code
   end
-  M.map_lines(lines, "Labels", st.labels)
-  M.map_lines(lines, "Annotations", st.annotations)
-  if verbose then
-    M.info_line(lines, r.info)
-  end
-  return table.concat(lines, "\n") .. "\n"
-end
-
-local flags = {
-  { "output", "o", "string", "output format: json, yaml or table", default = "json", arg = "FORMAT" },
-  { "quiet", "q", "bool", "leave out the runtime's verbose info" },
-}
-for _, f in ipairs(common.CONTAINER_FILTER_FLAGS) do
-  flags[#flags + 1] = f
+  common.map_lines(lines, "Labels", st.labels)
+  common.map_lines(lines, "Annotations", st.annotations)
+  return lines
 end
 
 local cmd = common.command{
   name = "inspect",
   args = "[OPTIONS] CONTAINER-ID [CONTAINER-ID...]",
   summary = "Show the status of containers. Without IDs, the containers the filter flags select.",
-  flags = flags,
+  flags = common.join_flags(common.INSPECT_FLAGS, common.CONTAINER_FILTER_FLAGS),
   run = function(ctx)
-    local format = ctx:format({ "json", "yaml", "table" })
-    if not format then
-      return
-    end
-    local ids = ctx.args
-    if #ids == 0 then
-      if not any_filter(ctx.flags) then
-        return ctx:usage("no container ID given")
-      end
-      local list = ctx:select_containers()
-      if not list then
-        return
-      end
-      ids = {}
-      for i, c in ipairs(list) do
-        ids[i] = c.id
-      end
-    end
-    local rt = ctx:client()
-    if not rt then
-      return
-    end
-    local verbose = not ctx.flags.quiet
-    local results, now = {}, require("kubelua.core").now()
-    for _, id in ipairs(ids) do
-      local r, err = rt:container_status{ container_id = id, verbose = verbose }
-      if not r then
-        ctx:fail(err)
-      elseif format == "table" then
-        ctx:out(table_text(r, verbose, now))
-      else
-        results[#results + 1] = common.info_values(r.info, { status = M.status_json(r.status) })
-      end
-    end
-    if format ~= "table" then
-      ctx:emit_results(results, format)
-    end
+    ctx:inspect_each{
+      ids = function()
+        return ctx:ids_or_selected("container", any_filter(ctx.flags), ctx.select_containers)
+      end,
+      fetch = function(rt, id, verbose)
+        return rt:container_status{ container_id = id, verbose = verbose }
+      end,
+      lines = table_lines,
+      status = function(r)
+        return M.status_json(r.status)
+      end,
+    }
   end,
 }
 M.main, M.run, M.spec = cmd.main, cmd.run, cmd.spec

@@ -1,7 +1,6 @@
 -- kubelua inspectp: the status of one or more pod sandboxes (crictl inspectp).
 local common = require "kubelua.cli.common"
 local pods = require "kubelua.cli.pods"
-local inspect = require "kubelua.cli.inspect"
 
 local function status_json(st)
   local out = common.to_json(st, "runtime.v1.PodSandboxStatus")
@@ -9,7 +8,8 @@ local function status_json(st)
   return out
 end
 
-local function table_text(r, verbose)
+-- The table format's lines of a PodSandboxStatus response (without the info).
+local function table_lines(r)
   local st, lines = r.status, {}
   lines[#lines + 1] = "ID: " .. st.id
   local md = st.metadata
@@ -33,65 +33,30 @@ local function table_text(r, verbose)
       lines[#lines + 1] = "Additional IP: " .. ip.ip
     end
   end
-  inspect.map_lines(lines, "Labels", st.labels)
-  inspect.map_lines(lines, "Annotations", st.annotations)
-  if verbose then
-    inspect.info_line(lines, r.info)
-  end
-  return table.concat(lines, "\n") .. "\n"
-end
-
-local flags = {
-  { "output", "o", "string", "output format: json, yaml or table", default = "json", arg = "FORMAT" },
-  { "quiet", "q", "bool", "leave out the runtime's verbose info" },
-}
-for _, f in ipairs(pods.FILTER_FLAGS) do
-  flags[#flags + 1] = f
+  common.map_lines(lines, "Labels", st.labels)
+  common.map_lines(lines, "Annotations", st.annotations)
+  return lines
 end
 
 return common.command{
   name = "inspectp",
   args = "[OPTIONS] POD-ID [POD-ID...]",
   summary = "Show the status of pod sandboxes. Without IDs, the pods the filter flags select.",
-  flags = flags,
+  flags = common.join_flags(common.INSPECT_FLAGS, pods.FILTER_FLAGS),
   run = function(ctx)
-    local format = ctx:format({ "json", "yaml", "table" })
-    if not format then
-      return
-    end
-    local ids = ctx.args
-    if #ids == 0 then
-      local f = ctx.flags
-      if not (f.id or f.name or f.namespace or f.state or #f.label > 0 or f.latest or f.last) then
-        return ctx:usage("no pod ID given")
-      end
-      local list = pods.select(ctx)
-      if not list then
-        return
-      end
-      ids = {}
-      for i, p in ipairs(list) do
-        ids[i] = p.id
-      end
-    end
-    local rt = ctx:client()
-    if not rt then
-      return
-    end
-    local verbose = not ctx.flags.quiet
-    local results = {}
-    for _, id in ipairs(ids) do
-      local r, err = rt:pod_sandbox_status{ pod_sandbox_id = id, verbose = verbose }
-      if not r then
-        ctx:fail(err)
-      elseif format == "table" then
-        ctx:out(table_text(r, verbose))
-      else
-        results[#results + 1] = common.info_values(r.info, { status = status_json(r.status) })
-      end
-    end
-    if format ~= "table" then
-      ctx:emit_results(results, format)
-    end
+    ctx:inspect_each{
+      ids = function()
+        local f = ctx.flags
+        local filtered = f.id or f.name or f.namespace or f.state or #f.label > 0 or f.latest or f.last
+        return ctx:ids_or_selected("pod", filtered, pods.select)
+      end,
+      fetch = function(rt, id, verbose)
+        return rt:pod_sandbox_status{ pod_sandbox_id = id, verbose = verbose }
+      end,
+      lines = table_lines,
+      status = function(r)
+        return status_json(r.status)
+      end,
+    }
   end,
 }

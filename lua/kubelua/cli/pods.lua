@@ -17,29 +17,7 @@ M.FILTER_FLAGS = {
 function M.select(ctx)
   local f = ctx.flags
   local filter = {}
-  if f.id then
-    filter.id = f.id
-  end
-  if f.state then
-    local st = common.POD_STATE_FLAG[f.state:lower()]
-    if not st then
-      return ctx:usage("--state should be ready or notready")
-    end
-    filter.state = { state = st }
-  end
-  local labels = ctx:labels()
-  if not labels then
-    return nil
-  end
-  if next(labels) then
-    filter.label_selector = labels
-  end
-  local name_re = ctx:regex("name")
-  local ns_re = name_re ~= nil and ctx:regex("namespace")
-  if name_re == nil or ns_re == nil then
-    return nil
-  end
-  local rt = ctx:client()
+  local rt, name_re, ns_re = ctx:selectors(filter, common.POD_STATE_FLAG, "ready or notready")
   if not rt then
     return nil
   end
@@ -57,39 +35,19 @@ function M.select(ctx)
   return common.newest_first(out, f.latest, f.last)
 end
 
-local flags = {
-  { "quiet", "q", "bool", "only pod IDs" },
-  { "output", "o", "string", "output format: table, json or yaml", default = "table", arg = "FORMAT" },
-  { "no-trunc", nil, "bool", "do not truncate IDs" },
-}
-for _, f in ipairs(M.FILTER_FLAGS) do
-  flags[#flags + 1] = f
-end
-
 local cmd = common.command{
   name = "pods",
   summary = "List pod sandboxes, newest first.",
-  flags = flags,
+  flags = common.join_flags({
+    { "quiet", "q", "bool", "only pod IDs" },
+    { "output", "o", "string", "output format: table, json or yaml", default = "table", arg = "FORMAT" },
+    { "no-trunc", nil, "bool", "do not truncate IDs" },
+  }, M.FILTER_FLAGS),
   run = function(ctx)
-    local format = ctx:format({ "table", "json", "yaml" })
-    if not format then
+    local format = ctx:format_no_args({ "table", "json", "yaml" })
+    local list = format and M.select(ctx)
+    if not list or ctx:emit_list(list, format, "items", "runtime.v1.ListPodSandboxResponse") then
       return
-    end
-    if #ctx.args > 0 then
-      return ctx:usage("unexpected argument " .. ctx.args[1])
-    end
-    local list = M.select(ctx)
-    if not list then
-      return
-    end
-    if ctx.flags.quiet then
-      for _, p in ipairs(list) do
-        ctx:line(p.id)
-      end
-      return
-    end
-    if format ~= "table" then
-      return ctx:emit(common.to_json({ items = list }, "runtime.v1.ListPodSandboxResponse"), format)
     end
     local now = require("kubelua.core").now()
     local rows = { { "POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME" } }

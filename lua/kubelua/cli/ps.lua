@@ -1,44 +1,20 @@
 -- kubelua ps: list containers (crictl ps).
 local common = require "kubelua.cli.common"
 
-local flags = {
-  { "quiet", "q", "bool", "only container IDs" },
-  { "output", "o", "string", "output format: table, json or yaml", default = "table", arg = "FORMAT" },
-  { "no-trunc", nil, "bool", "do not truncate IDs" },
-}
-for _, f in ipairs(common.CONTAINER_FILTER_FLAGS) do
-  flags[#flags + 1] = f
-end
-
 return common.command{
   name = "ps",
   args = "[OPTIONS]",
   summary = "List containers: running ones by default, newest first.",
-  flags = flags,
+  flags = common.join_flags({
+    { "quiet", "q", "bool", "only container IDs" },
+    { "output", "o", "string", "output format: table, json or yaml", default = "table", arg = "FORMAT" },
+    { "no-trunc", nil, "bool", "do not truncate IDs" },
+  }, common.CONTAINER_FILTER_FLAGS),
   run = function(ctx)
-    local format = ctx:format({ "table", "json", "yaml" })
-    if not format then
+    local format = ctx:format_no_args({ "table", "json", "yaml" })
+    local list = format and ctx:select_containers()
+    if not list or ctx:emit_list(list, format, "containers", "runtime.v1.ListContainersResponse") then
       return
-    end
-    if #ctx.args > 0 then
-      return ctx:usage("unexpected argument " .. ctx.args[1])
-    end
-    local list = ctx:select_containers()
-    if not list then
-      return
-    end
-    if ctx.flags.quiet then
-      local ids = {}
-      for i, c in ipairs(list) do
-        ids[i] = c.id
-      end
-      if #ids > 0 then
-        ctx:line(table.concat(ids, "\n"))
-      end
-      return
-    end
-    if format ~= "table" then
-      return ctx:emit(common.to_json({ containers = list }, "runtime.v1.ListContainersResponse"), format)
     end
     local trunc = not ctx.flags.no_trunc
     local now = require("kubelua.core").now()

@@ -9,12 +9,9 @@ return common.command{
     { "client", nil, "bool", "only kubelua's own version; no runtime call" },
   },
   run = function(ctx)
-    local format = ctx:format({ "text", "json", "yaml" })
+    local format = ctx:format_no_args({ "text", "json", "yaml" })
     if not format then
       return
-    end
-    if #ctx.args > 0 then
-      return ctx:usage("unexpected argument " .. ctx.args[1])
     end
     local core = require "kubelua.core"
     local client = "kubelua " .. core.version .. " (" .. (jit and jit.version or _VERSION) .. ")"
