@@ -35,6 +35,16 @@ t.describe("tasks", function()
     t.eq(res[1], { true, 1, 2 })
     t.eq(res[2], { false, "nope" })
   end)
+  t.it("all returns each first result, or the first failure in order", function()
+    t.eq(task.all({ function() return "a", "x" end, function() return { 2 } end }), { "a", { 2 } })
+    t.eq({ task.all({
+      function() task.sleep(0.01) return nil, "NOT_FOUND: first", "NOT_FOUND" end,
+      function() return nil, "UNAVAILABLE: second", "UNAVAILABLE" end,
+    }) }, { nil, "NOT_FOUND: first", "NOT_FOUND" })
+    t.eq({ task.all({ function() return 1 end, function() error("boom", 0) end }) },
+      { nil, "INTERNAL: boom", "INTERNAL" })
+    t.eq(task.all({}), {})
+  end)
   t.it("a waker woken before wait() does not park", function()
     local w = core.waker()
     w:wake()

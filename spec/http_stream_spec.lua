@@ -246,13 +246,13 @@ t.describe("open()", function()
   t.it("bad options throw, naming the option", function()
     t.fails(function()
       http.open { url = BASE, truncate = true }
-    end, "option 'truncate' is not allowed")
+    end, "kubelua%.http%.open: option truncate is not allowed with open$")
     t.fails(function()
       http.request { url = BASE, stream = true, truncate = true }
-    end, "option 'truncate' is not allowed with 'stream'")
+    end, "kubelua%.http%.request: option truncate is not allowed with stream$")
     t.fails(function()
       http.open { url = BASE, stream = 1 }
-    end, "option 'stream' must be a boolean")
+    end, "kubelua%.http%.open: option stream must be a boolean, got number$")
   end)
 end)
 

@@ -265,6 +265,25 @@ t.describe("image GC (fake runtime)", function()
     t.eq(ig.records["sha256:bbbb"], nil)
   end)
 
+  t.it("on_result sees every run but plans, failed ones with their partial result", function()
+    local rt = testing.runtime(state{ avail = 0 })
+    local seen = {}
+    local ig = image_gc.new{ runtime = rt, min_age = 0, on_result = function(r)
+      seen[#seen + 1] = r
+      error("an exporter bug")
+    end }
+    assert(ig:plan())
+    t.eq(#seen, 0, "a plan is not reported")
+    rt:fail("remove_image", "UNKNOWN", "busy", { times = 1 })
+    local res, _, code, partial = ig:run()
+    t.eq({ res, code }, { nil, "IMAGE_GC_FAILED" })
+    t.eq(#seen, 1)
+    t.ok(seen[1] == partial, "the failed run's partial result")
+    res = assert(ig:run(), "an error in on_result does not fail the run")
+    t.eq(#seen, 2)
+    t.ok(seen[2] == res)
+  end)
+
   t.it("capacity 0 is invalid; usage from ImageFsInfo is an option", function()
     local st = state{ avail = 0 }
     st.fs["/fake/image-fs"].capacity = 0
@@ -282,6 +301,18 @@ t.describe("image GC (fake runtime)", function()
     t.eq(res.usage.percent, 92)
     t.eq(res.usage.to_free, 6 * MB)
     t.eq(ids(res.images), { "sha256:aaaa" })
+  end)
+
+  t.it("detect: a failed or throwing listing is returned, nothing recorded", function()
+    local rt = testing.runtime(state())
+    local ig = image_gc.new{ runtime = rt }
+    rt:fail("list_containers", "UNAVAILABLE", "down", { times = 1 })
+    local images, err, code = ig:detect()
+    t.eq({ images, code }, { nil, "UNAVAILABLE" })
+    t.match(err, "down")
+    rt.list_images = function() error("kaput", 0) end
+    t.eq({ ig:detect() }, { nil, "INTERNAL: kaput", "INTERNAL" })
+    t.eq(next(ig.records), nil)
   end)
 
   t.it("start: the first failure is only kept, consecutive ones become events", function()

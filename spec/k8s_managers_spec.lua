@@ -290,11 +290,11 @@ t.describe("strategies", function()
     local w = m.store.items[ns .. "/a"].watch
     m:unregister_pod(pod(ns, "p1", "u1"))
     t.ok(m:get(ns, "a"), "p2 still references it")
-    t.ok(w.running)
+    t.ok(w.job.running)
     m:unregister_pod(pod(ns, "p2", "u2"))
     t.eq(select(3, m:get(ns, "a")), "NOT_REGISTERED")
     wait_until(function()
-      return not w.running and server_watches() <= before - 1
+      return not w.job.running and server_watches() <= before - 1
     end, 3, "the watch was not stopped")
   end)
 
@@ -320,7 +320,7 @@ t.describe("strategies", function()
     t.eq(assert(m:get(ns, "frozen")).data.k, "1")
     local w = m.store.items[ns .. "/frozen"].watch
     wait_until(function()
-      return not w.running
+      return not w.job.running
     end, 3, "the watch of an immutable object was not stopped")
     local function watch_requests()
       return #requests(function(q)
@@ -431,10 +431,10 @@ t.describe("strategies", function()
   t.it("bad options throw", function()
     t.fails(function()
       managers.new(api, { strategy = "Sometimes" })
-    end, "option 'strategy' must be Get, Cache or Watch")
+    end, "kubelua%.k8s%.managers: option strategy must be Get, Cache or Watch, got Sometimes$")
     t.fails(function()
       managers.configmaps(api, { tll = 1 })
-    end, "unknown option 'tll'")
+    end, "kubelua%.k8s%.managers: unknown option tll$")
     t.fails(function()
       new("configmaps"):register_pod({})
     end, "a pod needs metadata.name")

@@ -443,7 +443,7 @@ t.describe("requests", function()
     t.match(err, "field label not supported: spec.bogus")
     t.fails(function()
       api:list("/api/v1/pods", { labelselector = "x" })
-    end, "list: unknown option 'labelselector'")
+    end, "kubelua%.k8s: list: unknown option labelselector$")
     t.fails(function()
       api:list("api/v1/pods")
     end, "an API path starting with '/'")
@@ -492,7 +492,34 @@ t.describe("requests", function()
     t.eq(code2, "UNSUPPORTED_MEDIA_TYPE")
     t.fails(function()
       api:patch(path, {}, { type = "yaml" })
-    end, "option 'type' must be merge, strategic, json or apply")
+    end, "kubelua%.k8s: patch: option type must be merge, strategic, json or apply, got yaml$")
+  end)
+  t.it("misuse throws, naming the method and the option, blamed on the caller's line", function()
+    -- fn is a one-line function: the error must point at that line.
+    local function blamed(pattern, fn)
+      local line = debug.getinfo(fn, "S").linedefined
+      t.match(t.fails(fn), "^[^:]*k8s_spec%.lua:" .. line .. ": kubelua%.k8s: " .. pattern .. "$")
+    end
+    blamed("create: unknown option fieldmanager",
+      function() api:create("/api/v1/pods", {}, { fieldmanager = "x" }) end)
+    blamed("update expects an object %(a table or JSON text%), got number",
+      function() api:update("/api/v1/pods/x", 42) end)
+    blamed("update expects an API path starting with '/', got \"p\"",
+      function() api:update("p", {}) end)
+    blamed("list: option limit must be a number|string, got table",
+      function() api:list("/api/v1/pods", { limit = {} }) end)
+    blamed("delete: option gracePeriodSeconds must be a number, got string",
+      function() api:delete("/x", { gracePeriodSeconds = "0" }) end)
+    blamed("patch: option force must be a boolean, got string",
+      function() api:patch("/x", {}, { force = "yes" }) end)
+    blamed("get expects a table of options, got string",
+      function() api:get("/x", "0") end)
+    blamed("new: option timeout must be a number, got string",
+      function() k8s.new({ server = "https://x" }, { timeout = "1" }) end)
+    blamed("watch: unknown option field_selector",
+      function() api:watch("/api/v1/pods", { field_selector = "x" }) end)
+    blamed("watch: option on_event must be a function, got boolean",
+      function() api:watch("/api/v1/pods", { on_event = true }) end)
   end)
   t.it("int64 beyond 2^53 survive a round trip through the server", function()
     local ns = fresh_ns()
@@ -869,7 +896,7 @@ t.describe("watch", function()
     end })
     create_pod(ns, "a", "n1")
     wait_until(function()
-      return not w.running
+      return not w.job.running
     end)
     t.eq(core.parked_count(), 0)
   end)

@@ -297,10 +297,32 @@ t.describe("server.http", function()
   end)
 
   t.it("rejects bad options by name", function()
-    t.fails(function() server.http{ prot = 1 } end, "unknown option prot")
+    t.fails(function() server.http{ prot = 1 } end, "server%.http: unknown option prot$")
+    t.fails(function() server.http{ host = 1 } end, "server%.http: option host must be a string, got number$")
+    t.fails(function() server.http{ port = "80" } end, "server%.http: option port must be a number, got string$")
+    t.fails(function() server.http{ routes = "/" } end, "server%.http: option routes must be a table, got string$")
+    t.fails(function() server.http() end, "server%.http: options must be a table, got nil$")
     t.fails(function() server.http{ routes = { ["/"] = 1 } } end, "routes must map")
     t.fails(function() server.http{ port = 70000 } end, "port must be")
-    t.fails(function() server.control{ path = dir .. "/s" } end, "on_connection")
+    t.fails(function() server.http{ port = 0 / 0 } end, "port must be")
+    t.fails(function() server.control{ path = dir .. "/s" } end, "server%.control: option on_connection is required$")
+    t.fails(function() server.control{ on_connection = print } end, "server%.control: option path is required$")
+    t.fails(function() server.control{ path = dir .. "/s", on_connection = true } end,
+      "server%.control: option on_connection must be a function, got boolean$")
+    t.fails(function() server.control{ path = dir .. "/s", on_connection = print, mode = 384 } end,
+      "server%.control: unknown option mode$")
+  end)
+
+  t.it("blames bad options on the caller's line", function()
+    local line = debug.getinfo(1, "l").currentline + 1
+    local e = t.fails(function() server.http{ host = false } end)
+    t.match(e, "^[^:]*server_spec%.lua:" .. line .. ": server%.http: option host must be a string, got boolean$")
+    line = debug.getinfo(1, "l").currentline + 1
+    e = t.fails(function() server.http{ port = -1 } end)
+    t.match(e, "^[^:]*server_spec%.lua:" .. line .. ": server%.http: port must be")
+    line = debug.getinfo(1, "l").currentline + 1
+    e = t.fails(function() server.control{ path = 7, on_connection = print } end)
+    t.match(e, "^[^:]*server_spec%.lua:" .. line .. ": server%.control: option path must be a string, got number$")
   end)
 end)
 

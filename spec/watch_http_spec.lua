@@ -207,7 +207,7 @@ t.describe("poller", function()
     p:stop()
     t.ok(core.monotime() - t0 < 0.2, "stop took " .. (core.monotime() - t0) .. " s")
     t.eq(core.parked_count(), 0)
-    t.eq(p.running, false)
+    t.eq(p.job.running, false)
   end)
   t.it("stop() between polls, and from inside on_change", function()
     local _, url = doc { status = 200, body = "x" }
@@ -223,7 +223,7 @@ t.describe("poller", function()
       q:stop()
     end }
     wait_until(function()
-      return not q.running
+      return not q.job.running
     end)
     t.eq(q.stats.polls, 1)
   end)
@@ -245,13 +245,13 @@ t.describe("poller", function()
   t.it("bad options throw, naming the option", function()
     t.fails(function()
       http_watch.start { url = BASE, perod = 1 }
-    end, "unknown option 'perod'")
+    end, "kubelua%.watch%.http: unknown option perod$")
     t.fails(function()
       http_watch.start { period = 1 }
-    end, "option 'url' is required")
+    end, "kubelua%.watch%.http: option url is required$")
     t.fails(function()
       http_watch.start { url = BASE, period = 0 }
-    end, "option 'period' must be a positive number")
+    end, "kubelua%.watch%.http: option period must be a positive number, got 0$")
     t.fails(function()
       http_watch.start { url = BASE, headers = { ["Bad Name"] = "x" } }
     end, "not a valid header name")

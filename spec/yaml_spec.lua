@@ -372,12 +372,29 @@ t.describe("errors", function()
 
   t.it("bad arguments and options throw, naming them", function()
     t.fails(function() yaml.decode(nil) end, "decode: expected a string, got nil")
-    t.fails(function() yaml.decode("a", { max_sise = 1 }) end, 'unknown option "max_sise"')
-    t.fails(function() yaml.decode("a", { max_size = "1" }) end, "option max_size must be a number")
+    t.fails(function() yaml.decode("a", { max_sise = 1 }) end, "kubelua%.yaml%.decode: unknown option max_sise$")
+    t.fails(function() yaml.decode("a", { max_size = "1" }) end,
+      "kubelua%.yaml%.decode: option max_size must be a number, got string$")
+    t.fails(function() yaml.decode_all("a", { omit_null = 1 }) end,
+      "kubelua%.yaml%.decode_all: option omit_null must be a boolean, got number$")
     t.fails(function() yaml.decode("a", { max_depth = 0 }) end, "option max_depth must be a positive integer")
     t.fails(function() yaml.decode("a", { max_depth = 5000 }) end, "max_depth must be at most 1000")
-    t.fails(function() yaml.decode_file("x", "y") end, "options must be a table")
+    t.fails(function() yaml.decode_file("x", "y") end,
+      "kubelua%.yaml%.decode_file: options must be a table, got string$")
     t.fails(function() yaml.encode({}, { indent = 1 }) end, "indent must be from 2 to 9")
+    t.fails(function() yaml.encode({}, { name = "x" }) end, "kubelua%.yaml%.encode: unknown option name$")
+  end)
+
+  t.it("blames bad options on the caller's line", function()
+    local line = debug.getinfo(1, "l").currentline + 1
+    local e = t.fails(function() yaml.decode_file_all("x", { max_size = "1" }) end)
+    t.match(e, "^[^:]*yaml_spec%.lua:" .. line .. ": kubelua%.yaml%.decode_file_all: option max_size must be a number")
+    line = debug.getinfo(1, "l").currentline + 1
+    e = t.fails(function() yaml.encode_all({}, { indnt = 2 }) end)
+    t.match(e, "^[^:]*yaml_spec%.lua:" .. line .. ": kubelua%.yaml%.encode_all: unknown option indnt$")
+    line = debug.getinfo(1, "l").currentline + 1
+    e = t.fails(function() yaml.decode("a", { max_alias_nodes = 0.5 }) end)
+    t.match(e, "^[^:]*yaml_spec%.lua:" .. line .. ": kubelua%.yaml%.decode: option max_alias_nodes must be a positive")
   end)
 end)
 

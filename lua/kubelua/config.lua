@@ -69,6 +69,7 @@ local function deep_equal(a, b)
 end
 M.deep_equal = deep_equal
 
+-- copy(v) -> a deep copy of a plain value (tables copied by key, no cycles).
 local function copy(v)
   if type(v) ~= "table" then
     return v
@@ -79,6 +80,7 @@ local function copy(v)
   end
   return t
 end
+M.copy = copy
 
 local function meta(pod)
   pod.metadata = pod.metadata or {}

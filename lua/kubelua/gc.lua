@@ -129,7 +129,6 @@ GC.__index = GC
 
 -- new(opts) -> a collector (g); the options are listed above. Misuse throws.
 function M.new(opts)
-  assert(type(opts) == "table", "kubelua.gc.new: options table expected")
   check_options(opts)
   local self = setmetatable({ hooks = opts.hooks or {} }, GC)
   for k, v in pairs(M.DEFAULTS) do
@@ -280,26 +279,21 @@ end
 
 -- Containers and sandboxes, as entries. -> sandboxes, containers | nil, err, code
 local function list_runtime(self)
-  local task = require "kubelua.task"
-  local res = task.gather({
+  local res, err, code = require("kubelua.task").all({
     function() return self.runtime:list_pod_sandbox{} end,
     function() return self.runtime:list_containers{} end,
   })
-  for _, r in ipairs(res) do
-    if not r[1] then
-      return nil, "INTERNAL: " .. tostring(r[2]), "INTERNAL"
-    elseif r[2] == nil then
-      return nil, r[3], r[4]
-    end
+  if not res then
+    return nil, err, code
   end
   local sandboxes, sandbox_uid = {}, {}
-  for i, s in ipairs(res[1][2].items) do
+  for i, s in ipairs(res[1].items) do
     local e = sandbox_entry(s)
     sandboxes[i] = e
     sandbox_uid[e.id] = e.pod_uid
   end
   local containers = {}
-  for i, c in ipairs(res[2][2].containers) do
+  for i, c in ipairs(res[2].containers) do
     containers[i] = container_entry(c, sandbox_uid)
   end
   return sandboxes, containers
@@ -743,12 +737,7 @@ end
 -- on_result(res) (an option) sees every run that was not a dry run, failed
 -- ones included (their partial result).
 function GC:run(opts)
-  local res, err, code, partial = run(self, opts)
-  local r = res or partial
-  if self.on_result and r and not r.dry_run then
-    pcall(self.on_result, r)
-  end
-  return res, err, code, partial
+  return hook.report(self, run, opts)
 end
 
 -- The plan alone (a dry run): nothing is touched.

@@ -86,6 +86,7 @@
 -- above. A failure to start (a bad option value curl refuses) is what
 -- s:response() returns. `stream` is implied.
 local core = require "kubelua.http.core"
+local opts_check = require("kubelua.opts").check
 
 local M = {}
 
@@ -116,48 +117,49 @@ local OPTIONS = {
 
 local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
 
--- Errors are raised without position here and re-raised by request/get at
--- the caller's line.
-local function bad(name, msg)
-  error("kubelua.http: option '" .. name .. "' " .. msg, 0)
+-- Errors are raised without position here (`where` names the function the
+-- caller called) and re-raised by request/get/open at the caller's line.
+local function bad(where, msg)
+  error(where .. ": " .. msg, 0)
 end
 
-local function no_ctl(name, s)
+local function no_ctl(where, s)
   if s:find("[\r\n%z]") then
-    bad(name, "contains CR, LF or NUL")
+    bad(where, "option headers: a header contains CR, LF or NUL")
   end
 end
 
 -- { "Name: value", ... } from the map or array form; `given` collects the
 -- lowercased names so defaults do not override them.
-local function header_lines(h, given)
+local function header_lines(where, h, given)
   local lines, names = {}, {}
   for k, v in pairs(h) do
     if type(k) == "number" then
       if type(v) ~= "string" then
-        bad("headers", "entry " .. k .. " must be a \"Name: value\" string, got " .. type(v))
+        bad(where, "option headers: entry " .. k .. " must be a \"Name: value\" string, got " .. type(v))
       end
       local name = v:match("^([^:;]*)[:;]")
       if not name or not name:find(TOKEN) then
         -- the line may carry a credential: say where, not what
-        bad("headers", string.format("entry %d (%d bytes) is not a \"Name: value\" line", k, #v))
+        bad(where, string.format("option headers: entry %d (%d bytes) is not a \"Name: value\" line", k, #v))
       end
-      no_ctl("headers", v)
+      no_ctl(where, v)
       lines[#lines + 1] = v
       given[name:lower()] = true
     elseif type(k) == "string" then
       if not k:find(TOKEN) then
-        bad("headers", string.format("%q is not a valid header name", k))
+        bad(where, string.format("option headers: %q is not a valid header name", k))
       end
       if type(v) ~= "string" and type(v) ~= "number" then
-        bad("headers", string.format("value of %q must be a string or number, got %s", k, type(v)))
+        bad(where, string.format("option headers: value of %q must be a string or number, got %s", k,
+          type(v)))
       end
       v = tostring(v)
-      no_ctl("headers", v)
+      no_ctl(where, v)
       names[#names + 1] = k
       given[k:lower()] = true
     else
-      bad("headers", "keys must be header names or array indexes, got " .. type(k))
+      bad(where, "option headers: keys must be header names or array indexes, got " .. type(k))
     end
   end
   table.sort(names)
@@ -169,28 +171,18 @@ local function header_lines(h, given)
   return lines
 end
 
--- Check `opts` and build the table kubelua.http.core takes.
-local function prepare(opts)
-  if type(opts) ~= "table" then
-    error("kubelua.http: request expects a table of options, got " .. type(opts), 0)
-  end
+-- Check `opts` and build the table kubelua.http.core takes; errors name
+-- `where` (kubelua.http.request, .get or .open).
+local function prepare(where, opts)
   local o = {}
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if want == nil then
-      error("kubelua.http: unknown option '" .. tostring(k) .. "'", 0)
-    end
-    if type(v) ~= want then
-      error(string.format("kubelua.http: option '%s' must be a %s, got %s", k, want, type(v)), 0)
-    end
-    if want == "number" and (v < 0 or v ~= v or v == math.huge) then
-      error(string.format("kubelua.http: option '%s' must be a non-negative number, got %s", k,
-        tostring(v)), 0)
+  for k, v in pairs(opts_check(opts, OPTIONS, where, 0)) do
+    if OPTIONS[k] == "number" and (v < 0 or v ~= v or v == math.huge) then
+      bad(where, "option " .. k .. " must be a non-negative number, got " .. tostring(v))
     end
     o[k] = v
   end
   if o.url == nil then
-    error("kubelua.http: option 'url' is required", 0)
+    bad(where, "option url is required")
   end
   for k, v in pairs(M.defaults) do
     if o[k] == nil and OPTIONS[k] then
@@ -198,19 +190,19 @@ local function prepare(opts)
     end
   end
   if not o.method:find(TOKEN) then
-    error(string.format("kubelua.http: option 'method' %q is not an HTTP method", o.method), 0)
+    bad(where, string.format("option method %q is not an HTTP method", o.method))
   end
   if o.method == "HEAD" and o.body ~= nil then
-    error("kubelua.http: option 'body' is not allowed with method HEAD", 0)
+    bad(where, "option body is not allowed with method HEAD")
   end
   if o.stream and o.truncate then
-    error("kubelua.http: option 'truncate' is not allowed with 'stream'", 0)
+    bad(where, "option truncate is not allowed with stream")
   end
   if o.max_redirects ~= math.floor(o.max_redirects) then
-    error("kubelua.http: option 'max_redirects' must be an integer", 0)
+    bad(where, "option max_redirects must be an integer")
   end
   local given = {}
-  local lines = o.headers and header_lines(o.headers, given) or {}
+  local lines = o.headers and header_lines(where, o.headers, given) or {}
   if not given["user-agent"] and M.defaults.user_agent then
     lines[#lines + 1] = "User-Agent: " .. M.defaults.user_agent
   end
@@ -260,7 +252,7 @@ end
 
 -- request(opts) -> resp | nil, err, code   (parks the task)
 function M.request(opts)
-  local ok, o = pcall(prepare, opts)
+  local ok, o = pcall(prepare, "kubelua.http.request", opts)
   if not ok then
     error(o, 2)
   end
@@ -270,17 +262,16 @@ end
 -- get(url, opts) -> resp | nil, err, code
 function M.get(url, opts)
   if type(url) ~= "string" then
-    error("kubelua.http: option 'url' must be a string, got " .. type(url), 2)
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("kubelua.http: get expects a table of options, got " .. type(opts), 2)
+    error("kubelua.http.get: url must be a string, got " .. type(url), 2)
   end
   local o = {}
-  for k, v in pairs(opts or {}) do
-    o[k] = v
+  if opts ~= nil then
+    for k, v in pairs(opts_check(opts, OPTIONS, "kubelua.http.get", 2)) do
+      o[k] = v
+    end
   end
   o.url = url
-  local ok, p = pcall(prepare, o)
+  local ok, p = pcall(prepare, "kubelua.http.get", o)
   if not ok then
     error(p, 2)
   end
@@ -289,12 +280,12 @@ end
 
 -- open(opts) -> stream (see above); bad options throw as for request
 function M.open(opts)
-  local ok, o = pcall(prepare, opts)
+  local ok, o = pcall(prepare, "kubelua.http.open", opts)
   if not ok then
     error(o, 2)
   end
   if o.truncate then
-    error("kubelua.http: option 'truncate' is not allowed with open", 2)
+    error("kubelua.http.open: option truncate is not allowed with open", 2)
   end
   o.stream = nil
   return core.open(o)

@@ -103,7 +103,6 @@ local IGC = {}
 IGC.__index = IGC
 
 function M.new(opts)
-  assert(type(opts) == "table", "kubelua.image_gc.new: options table expected")
   check_options(opts)
   local self = setmetatable({ hooks = opts.hooks or {}, records = {} }, IGC)
   for k, v in pairs(M.DEFAULTS) do
@@ -213,19 +212,14 @@ M.repository = repository
 -- gone are dropped; the state is saved. -> images, in_use | nil, err, code
 function IGC:detect(now)
   now = now or self.clock()
-  local task = require "kubelua.task"
-  local res = task.gather({
+  local res, err, code = require("kubelua.task").all({
     function() return self.runtime:list_images{} end,
     function() return self.runtime:list_containers{} end,
   })
-  for _, r in ipairs(res) do
-    if not r[1] then
-      return nil, "INTERNAL: " .. tostring(r[2]), "INTERNAL"
-    elseif r[2] == nil then
-      return nil, r[3], r[4]
-    end
+  if not res then
+    return nil, err, code
   end
-  local images = res[1][2].images
+  local images = res[1].images
   local by_name = {}
   for _, img in ipairs(images) do
     by_name[img.id] = img.id
@@ -240,7 +234,7 @@ function IGC:detect(now)
       in_use[id] = why
     end
   end
-  for _, c in ipairs(res[2][2].containers) do
+  for _, c in ipairs(res[2].containers) do
     use(c.image_ref, "in-use")
     use(c.image_id, "in-use")
     use(c.image and c.image.image, "in-use")
@@ -271,8 +265,8 @@ function IGC:detect(now)
       self.records[id] = nil
     end
   end
-  local ok, err = self:save()
-  self.save_err = not ok and err or nil
+  local saved, serr = self:save()
+  self.save_err = not saved and serr or nil
   return images, in_use
 end
 
@@ -642,12 +636,7 @@ end
 -- on_result(res) (an option) sees every run that was not a dry run, failed
 -- ones included (their partial result).
 function IGC:run(opts)
-  local res, err, code, partial = run(self, opts)
-  local r = res or partial
-  if self.on_result and r and not r.dry_run then
-    pcall(self.on_result, r)
-  end
-  return res, err, code, partial
+  return hook.report(self, run, opts)
 end
 
 function IGC:plan()

@@ -44,6 +44,7 @@
 local http = require "kubelua.http"
 local json = require "kubelua.k8s.json"
 local config = require "kubelua.k8s.config"
+local options = require "kubelua.opts"
 
 local M = {}
 
@@ -157,25 +158,25 @@ end
 local Client = {}
 Client.__index = Client
 
-local function check_opts(where, opts, allowed)
+-- The options of `where` (a method name) checked against `types` (see
+-- kubelua.opts), nil as {}. Misuse is blamed on the method's caller, `level`
+-- (3, the default) counting as for error() from check_opts's own frame.
+local function check_opts(where, opts, types, level)
+  level = level or 3
   if opts == nil then
     return {}
   end
   if type(opts) ~= "table" then
-    error(string.format("kubelua.k8s: %s expects a table of options, got %s", where, type(opts)), 3)
+    error(string.format("kubelua.k8s: %s expects a table of options, got %s", where, type(opts)), level)
   end
-  for k in pairs(opts) do
-    if not allowed[k] then
-      error(string.format("kubelua.k8s: %s: unknown option '%s'", where, tostring(k)), 3)
-    end
-  end
+  options.check(opts, types, "kubelua.k8s: " .. where, level)
   return opts
 end
 
-local function check_path(where, path)
+local function check_path(where, path, level)
   if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
     error(string.format("kubelua.k8s: %s expects an API path starting with '/', got %s", where,
-      type(path) == "string" and string.format("%q", path) or type(path)), 3)
+      type(path) == "string" and string.format("%q", path) or type(path)), level or 3)
   end
 end
 
@@ -184,7 +185,7 @@ function M.new(cfg, opts)
   if type(cfg) ~= "table" or type(cfg.server) ~= "string" then
     error("kubelua.k8s: new expects a config (see kubelua.k8s.config), got " .. type(cfg), 2)
   end
-  opts = check_opts("new", opts, { timeout = true, max_body = true, user_agent = true })
+  opts = check_opts("new", opts, { timeout = "number", max_body = "number", user_agent = "string" })
   local self = setmetatable({
     server = cfg.server:gsub("/+$", ""),
     namespace = cfg.namespace or "default",
@@ -336,8 +337,11 @@ function Client:request(opts)
   return outcome(method, url, status, text)
 end
 
-local QUERY = { labelSelector = true, fieldSelector = true, limit = true, resourceVersion = true,
-  resourceVersionMatch = true, timeoutSeconds = true, continue = true }
+-- List query parameters and their types (numbers and strings both go into a
+-- query string).
+local QUERY = { labelSelector = "string", fieldSelector = "string", limit = "number|string",
+  resourceVersion = "string|number", resourceVersionMatch = "string", timeoutSeconds = "number|string",
+  continue = "string" }
 
 -- list(path, {labelSelector=, fieldSelector=, limit=, resourceVersion=,
 --   resourceVersionMatch=, timeoutSeconds=, continue=, page_only=, holder=})
@@ -350,7 +354,7 @@ local QUERY = { labelSelector = true, fieldSelector = true, limit = true, resour
 -- to go on, with `continue`).
 function Client:list(path, opts)
   check_path("list", path)
-  opts = check_opts("list", opts, setmetatable({ page_only = true, holder = true }, { __index = QUERY }))
+  opts = check_opts("list", opts, setmetatable({ page_only = "boolean", holder = "table" }, { __index = QUERY }))
   local q = {}
   for k in pairs(QUERY) do
     q[k] = opts[k]
@@ -395,33 +399,36 @@ end
 -- get(path, {resourceVersion=}) -> object | nil, err, code
 function Client:get(path, opts)
   check_path("get", path)
-  opts = check_opts("get", opts, { resourceVersion = true })
+  opts = check_opts("get", opts, { resourceVersion = QUERY.resourceVersion })
   return self:request { path = path, query = { resourceVersion = opts.resourceVersion } }
 end
 
-local WRITE_QUERY = { fieldManager = true, dryRun = true, fieldValidation = true }
+local WRITE_QUERY = { fieldManager = "string", dryRun = "string", fieldValidation = "string" }
 
 local function write_query(opts)
   return { fieldManager = opts.fieldManager, dryRun = opts.dryRun, fieldValidation = opts.fieldValidation }
 end
 
+-- The arguments of create() and update() -> opts; misuse is blamed on
+-- their caller.
+local function check_write(where, path, obj, opts)
+  check_path(where, path, 4)
+  opts = check_opts(where, opts, WRITE_QUERY, 4)
+  if type(obj) ~= "table" and type(obj) ~= "string" then
+    error("kubelua.k8s: " .. where .. " expects an object (a table or JSON text), got " .. type(obj), 3)
+  end
+  return opts
+end
+
 -- create(collection_path, object, {fieldManager=, dryRun=}) -> object | nil, err, code
 function Client:create(path, obj, opts)
-  check_path("create", path)
-  opts = check_opts("create", opts, WRITE_QUERY)
-  if type(obj) ~= "table" and type(obj) ~= "string" then
-    error("kubelua.k8s: create expects an object (a table or JSON text), got " .. type(obj), 2)
-  end
+  opts = check_write("create", path, obj, opts)
   return self:request { method = "POST", path = path, body = obj, query = write_query(opts) }
 end
 
 -- update(path, object, {fieldManager=, dryRun=}) -> object | nil, err, code (PUT)
 function Client:update(path, obj, opts)
-  check_path("update", path)
-  opts = check_opts("update", opts, WRITE_QUERY)
-  if type(obj) ~= "table" and type(obj) ~= "string" then
-    error("kubelua.k8s: update expects an object (a table or JSON text), got " .. type(obj), 2)
-  end
+  opts = check_write("update", path, obj, opts)
   return self:request { method = "PUT", path = path, body = obj, query = write_query(opts) }
 end
 
@@ -441,11 +448,10 @@ M.PATCH_TYPES = {
 -- "apply" (server-side apply) needs fieldManager.
 function Client:patch(path, p, opts)
   check_path("patch", path)
-  opts = check_opts("patch", opts, { type = true, fieldManager = true, force = true, dryRun = true,
-    fieldValidation = true })
+  opts = check_opts("patch", opts, setmetatable({ type = "string", force = "boolean" }, { __index = WRITE_QUERY }))
   local ctype = M.PATCH_TYPES[opts.type or "merge"]
   if not ctype then
-    error("kubelua.k8s: patch: option 'type' must be merge, strategic, json or apply, got " ..
+    error("kubelua.k8s: patch: option type must be merge, strategic, json or apply, got " ..
       tostring(opts.type), 2)
   end
   if type(p) ~= "table" and type(p) ~= "string" then
@@ -463,8 +469,8 @@ end
 --   dryRun=}) -> the API's answer (the object or a Status) | nil, err, code
 function Client:delete(path, opts)
   check_path("delete", path)
-  opts = check_opts("delete", opts, { gracePeriodSeconds = true, propagationPolicy = true,
-    preconditions = true, dryRun = true })
+  opts = check_opts("delete", opts, { gracePeriodSeconds = "number", propagationPolicy = "string",
+    preconditions = "table", dryRun = "string" })
   local body
   if next(opts) ~= nil then
     body = { kind = "DeleteOptions", apiVersion = "v1", gracePeriodSeconds = opts.gracePeriodSeconds,

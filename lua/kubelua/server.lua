@@ -53,22 +53,12 @@
 local core = require "kubelua.core"
 local httpd = require "kubelua.server.core"
 local control = require "kubelua.server.control"
+local opts_check = require("kubelua.opts").check
 
 local M = {}
 
 local function traceback(err)
   return debug.traceback(tostring(err), 2)
-end
-
-local function check_opts(opts, known, what)
-  if type(opts) ~= "table" then
-    error(what .. ": options must be a table", 3)
-  end
-  for k in pairs(opts) do
-    if not known[k] then
-      error(what .. ": unknown option " .. tostring(k), 3)
-    end
-  end
 end
 
 local function respond_error(l, req, status, msg)
@@ -108,18 +98,12 @@ local function handle(l, routes, req)
 end
 
 function M.http(opts)
-  check_opts(opts, { host = true, port = true, routes = true }, "server.http")
+  opts_check(opts, { host = "string", port = "number", routes = "table" }, "server.http", 2)
   local host = opts.host or "127.0.0.1"
   local port = opts.port or 0
   local routes = opts.routes or {}
-  if type(host) ~= "string" then
-    error("server.http: host must be a string", 2)
-  end
-  if type(port) ~= "number" or port < 0 or port > 65535 or port % 1 ~= 0 then
+  if port < 0 or port > 65535 or port % 1 ~= 0 then
     error("server.http: port must be an integer 0..65535", 2)
-  end
-  if type(routes) ~= "table" then
-    error("server.http: routes must be a table of path -> function", 2)
   end
   for path, fn in pairs(routes) do
     if type(path) ~= "string" or type(fn) ~= "function" then
@@ -147,12 +131,12 @@ function M.http(opts)
 end
 
 function M.control(opts)
-  check_opts(opts, { path = true, on_connection = true }, "server.control")
-  if type(opts.path) ~= "string" then
-    error("server.control: path must be a string", 2)
+  opts_check(opts, { path = "string", on_connection = "function" }, "server.control", 2)
+  if opts.path == nil then
+    error("server.control: option path is required", 2)
   end
-  if type(opts.on_connection) ~= "function" then
-    error("server.control: on_connection must be a function", 2)
+  if opts.on_connection == nil then
+    error("server.control: option on_connection is required", 2)
   end
   local l, err, code = control.listen(opts.path)
   if not l then

@@ -31,6 +31,7 @@
 -- exec_sync answers through rt:on_exec(fn) (for probe policies). Every
 -- call is logged in rt.calls as { method =, req = }.
 local ffi = require "ffi"
+local config = require "kubelua.config"
 local store = require "kubelua.gc.store"
 
 local M = {}
@@ -44,17 +45,8 @@ local CONTAINER_LABEL = "io.kubernetes.container.name"
 
 -- ------------------------------------------------------------------ values
 
--- copy(v) -> a deep copy of a plain value.
-local function copy(v)
-  if type(v) ~= "table" then
-    return v
-  end
-  local t = {}
-  for k, x in pairs(v) do
-    t[k] = copy(x)
-  end
-  return t
-end
+local copy = config.copy
+-- copy(v) -> a deep copy of a plain value (kubelua.config's).
 M.copy = copy
 
 -- Seconds (a float) -> CRI nanoseconds, exact to the nanosecond, as a boxed

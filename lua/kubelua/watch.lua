@@ -74,6 +74,7 @@
 -- do not wait for it at all. debounce = 0 reports on every inotify batch.
 local core = require "kubelua.watch.core"
 local kcore = require "kubelua.core"
+local options = require "kubelua.opts"
 
 local M = {}
 
@@ -116,15 +117,9 @@ local function check_opts(opts)
   if type(opts) ~= "table" then
     error("watch: opts must be a table", 3)
   end
+  options.check(opts, OPTIONS, "watch", 3)
   local o = {}
   for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then
-      error(string.format("watch: unknown option %q", tostring(k)), 3)
-    end
-    if not want:find(type(v), 1, true) then
-      error(string.format("watch: option %s must be a %s, got %s", k, (want:gsub("|", " or ")), type(v)), 3)
-    end
     o[k] = v
   end
   for k, v in pairs(M.defaults) do

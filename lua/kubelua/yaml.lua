@@ -46,6 +46,7 @@
 -- yaml.is_array(t)  true for tables decoded from sequences or marked
 -- yaml.array_mt  the marker metatable (decoded sequences carry it)
 local core = require "kubelua.yaml.core"
+local opts_check = require("kubelua.opts").check
 
 local M = {}
 
@@ -67,22 +68,14 @@ local DECODE_OPTS = {
 local ENCODE_OPTS = { indent = "number", max_depth = "number" }
 local NONE = {}
 
+-- Errors are raised at the line that called the exported function.
 local function check_opts(fname, opts, allowed)
   if opts == nil then
     return NONE
   end
-  if type(opts) ~= "table" then
-    error(string.format("kubelua.yaml.%s: options must be a table, got %s", fname, type(opts)), 3)
-  end
+  opts_check(opts, allowed, "kubelua.yaml." .. fname, 3)
   for k, v in pairs(opts) do
-    local want = allowed[k]
-    if not want then
-      error(string.format("kubelua.yaml.%s: unknown option %q", fname, tostring(k)), 3)
-    end
-    if type(v) ~= want then
-      error(string.format("kubelua.yaml.%s: option %s must be a %s, got %s", fname, k, want, type(v)), 3)
-    end
-    if want == "number" and (v ~= math.floor(v) or v < 1) then
+    if allowed[k] == "number" and (v ~= math.floor(v) or v < 1) then
       error(string.format("kubelua.yaml.%s: option %s must be a positive integer", fname, k), 3)
     end
   end

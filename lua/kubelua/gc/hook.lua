@@ -14,6 +14,7 @@
 --
 -- A hook that throws, or returns something else than a list, is a policy
 -- error: the whole run deletes nothing and reports it with its traceback.
+-- report() hands a finished run to the collector's on_result option.
 local M = {}
 
 local function traceback(e)
@@ -84,6 +85,19 @@ function M.run(step, fn, candidates, chosen, ctx, opts)
     end
   end
   return final
+end
+
+-- report(g, run, opts) -> run(g, opts)'s res, err, code, partial. A run that
+-- was not a dry run, failed ones included (their partial result), is handed
+-- to g.on_result (the option of kubelua.gc and kubelua.image_gc); an error
+-- thrown there is ignored.
+function M.report(g, run, opts)
+  local res, err, code, partial = run(g, opts)
+  local r = res or partial
+  if g.on_result and r and not r.dry_run then
+    pcall(g.on_result, r)
+  end
+  return res, err, code, partial
 end
 
 return M

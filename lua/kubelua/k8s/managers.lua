@@ -42,6 +42,8 @@
 -- watches on secrets withhold event lines too).
 local core = require "kubelua.core"
 local k8s = require "kubelua.k8s"
+local options = require "kubelua.opts"
+local task = require "kubelua.task"
 
 local M = {}
 
@@ -104,22 +106,32 @@ local function field(t, ...)
   return t
 end
 
--- configmap_names(pod) -> sorted names of the ConfigMaps the pod references
-function M.configmap_names(pod)
-  local set = {}
+-- Add to `set` the names of objects of `kind` ("configMap" or "secret")
+-- the pod references in the places both kinds share: its containers' env
+-- (valueFrom.<kind>KeyRef.name) and envFrom (<kind>Ref.name), and its
+-- projected volumes (sources[].<kind>.name).
+local function add_shared_refs(set, pod, kind)
   for _, c in ipairs(containers(pod)) do
     for _, e in ipairs(type(c.env) == "table" and c.env or {}) do
-      add(set, field(e, "valueFrom", "configMapKeyRef", "name"))
+      add(set, field(e, "valueFrom", kind .. "KeyRef", "name"))
     end
     for _, e in ipairs(type(c.envFrom) == "table" and c.envFrom or {}) do
-      add(set, field(e, "configMapRef", "name"))
+      add(set, field(e, kind .. "Ref", "name"))
     end
   end
   for _, v in ipairs(field(pod, "spec", "volumes") or {}) do
-    add(set, field(v, "configMap", "name"))
     for _, src in ipairs(field(v, "projected", "sources") or {}) do
-      add(set, field(src, "configMap", "name"))
+      add(set, field(src, kind, "name"))
     end
+  end
+end
+
+-- configmap_names(pod) -> sorted names of the ConfigMaps the pod references
+function M.configmap_names(pod)
+  local set = {}
+  add_shared_refs(set, pod, "configMap")
+  for _, v in ipairs(field(pod, "spec", "volumes") or {}) do
+    add(set, field(v, "configMap", "name"))
   end
   return sorted(set)
 end
@@ -130,23 +142,13 @@ function M.secret_names(pod)
   for _, s in ipairs(field(pod, "spec", "imagePullSecrets") or {}) do
     add(set, field(s, "name"))
   end
-  for _, c in ipairs(containers(pod)) do
-    for _, e in ipairs(type(c.env) == "table" and c.env or {}) do
-      add(set, field(e, "valueFrom", "secretKeyRef", "name"))
-    end
-    for _, e in ipairs(type(c.envFrom) == "table" and c.envFrom or {}) do
-      add(set, field(e, "secretRef", "name"))
-    end
-  end
+  add_shared_refs(set, pod, "secret")
   for _, v in ipairs(field(pod, "spec", "volumes") or {}) do
     add(set, field(v, "secret", "secretName"))
     add(set, field(v, "azureFile", "secretName"))
     add(set, field(v, "csi", "nodePublishSecretRef", "name"))
     for _, plugin in ipairs { "cephfs", "cinder", "flexVolume", "rbd", "scaleIO", "iscsi", "storageos" } do
       add(set, field(v, plugin, "secretRef", "name"))
-    end
-    for _, src in ipairs(field(v, "projected", "sources") or {}) do
-      add(set, field(src, "secret", "name"))
     end
   end
   return sorted(set)
@@ -193,25 +195,46 @@ local function shared(item, fn)
   return unpack(res, 1, 3)
 end
 
+-- The stores count the pods referencing each item, keyed "ns/name".
+-- add_ref(items, ns, name, new) -> the item, made by new(ns, name) (with
+-- refs = 0) when missing, its count raised.
+local function add_ref(items, ns, name, new)
+  local key = ns .. "/" .. name
+  local item = items[key]
+  if not item then
+    item = new(ns, name)
+    items[key] = item
+  end
+  item.refs = item.refs + 1
+  return item
+end
+
+-- drop_ref(items, ns, name) -> the item when that was its last reference
+-- (it is gone from items), else nil.
+local function drop_ref(items, ns, name)
+  local key = ns .. "/" .. name
+  local item = items[key]
+  if item then
+    item.refs = item.refs - 1
+    if item.refs <= 0 then
+      items[key] = nil
+      return item
+    end
+  end
+  return nil
+end
+
 -- "Cache": TTL-based, as kubelet's objectStore.
 local function ttl_store(self)
   local store = { items = {} }
+  local function new_item()
+    return { refs = 0 }
+  end
   function store.add(ns, name)
-    local key = ns .. "/" .. name
-    local item = store.items[key] or { refs = 0 }
-    store.items[key] = item
-    item.refs = item.refs + 1
-    item.data = nil -- the next get fetches
+    add_ref(store.items, ns, name, new_item).data = nil -- the next get fetches
   end
   function store.delete(ns, name)
-    local key = ns .. "/" .. name
-    local item = store.items[key]
-    if item then
-      item.refs = item.refs - 1
-      if item.refs <= 0 then
-        store.items[key] = nil
-      end
-    end
+    drop_ref(store.items, ns, name)
   end
   local function fresh(data)
     local ttl = self.opts.get_ttl and self.opts.get_ttl() or nil
@@ -260,7 +283,7 @@ local function watch_store(self)
   local function retire(w)
     local keep = {}
     for _, old in ipairs(store.retired) do
-      if old.running then
+      if old.state ~= "stopped" then
         keep[#keep + 1] = old
       end
     end
@@ -292,48 +315,30 @@ local function watch_store(self)
     end
   end
   local function ensure_recycler()
-    if store.recycler then
-      return
-    end
-    local r = { stopped = false }
-    store.recycler = r
-    core.spawn(function()
-      r.co = coroutine.running()
-      local next_at = core.monotime() + self.recycle_period
-      while not r.stopped do
-        if core.monotime() >= next_at then
-          recycle()
-          next_at = core.monotime() + self.recycle_period
+    store.recycler = store.recycler or task.job(function(j)
+      while true do
+        j:pause(self.recycle_period)
+        if j.stopped then
+          return
         end
-        core.sleep(math.min(0.05, math.max(0, next_at - core.monotime())))
+        recycle()
       end
-      r.done = true
-      if r.joiner then
-        r.joiner:wake()
-      end
-    end)
+    end, { name = "k8s.managers: " .. self.resource .. " recycler" })
+  end
+  local function new_item(ns, name)
+    local item = { refs = 0, ns = ns, name = name, last_access = core.monotime() }
+    start_watch(item)
+    ensure_recycler()
+    return item
   end
   function store.add(ns, name)
-    local key = ns .. "/" .. name
-    local item = store.items[key]
-    if not item then
-      item = { refs = 0, ns = ns, name = name, last_access = core.monotime() }
-      store.items[key] = item
-      start_watch(item)
-      ensure_recycler()
-    end
-    item.refs = item.refs + 1
+    add_ref(store.items, ns, name, new_item)
   end
   function store.delete(ns, name)
-    local key = ns .. "/" .. name
-    local item = store.items[key]
+    local item = drop_ref(store.items, ns, name)
     if item then
-      item.refs = item.refs - 1
-      if item.refs <= 0 then
-        stop_watch(item)
-        store.items[key] = nil
-        retire(item.watch)
-      end
+      stop_watch(item)
+      retire(item.watch)
     end
   end
   function store.get(ns, name)
@@ -376,13 +381,8 @@ local function watch_store(self)
     for _, w in ipairs(all) do
       w:stop() -- waits for its task
     end
-    local r = store.recycler
-    if r and not r.done then
-      r.stopped = true
-      if coroutine.running() ~= r.co then
-        r.joiner = core.waker()
-        r.joiner:wait()
-      end
+    if store.recycler then
+      store.recycler:stop()
     end
     store.recycler = nil
   end
@@ -420,17 +420,10 @@ local function check(opts)
   if type(opts) ~= "table" then
     error("kubelua.k8s.managers: options must be a table, got " .. type(opts), 3)
   end
-  for k, v in pairs(opts) do
-    if not OPTIONS[k] then
-      error("kubelua.k8s.managers: unknown option '" .. tostring(k) .. "'", 3)
-    end
-    if type(v) ~= OPTIONS[k] then
-      error(string.format("kubelua.k8s.managers: option '%s' must be a %s, got %s", k, OPTIONS[k], type(v)), 3)
-    end
-  end
+  options.check(opts, OPTIONS, "kubelua.k8s.managers", 3)
   local s = (opts.strategy or M.defaults.strategy):lower()
   if s ~= "get" and s ~= "cache" and s ~= "watch" then
-    error("kubelua.k8s.managers: option 'strategy' must be Get, Cache or Watch, got " ..
+    error("kubelua.k8s.managers: option strategy must be Get, Cache or Watch, got " ..
       tostring(opts.strategy), 3)
   end
   return opts, s

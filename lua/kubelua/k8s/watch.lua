@@ -47,7 +47,8 @@
 --
 -- w.state tells what the task does: "starting", "listing", "connecting",
 -- "watching" (the server accepted the watch), "waiting" (backoff) or
--- "stopped".
+-- "stopped". w.job is that task (a kubelua.task job: w.job.running is
+-- false once it has finished).
 --
 -- stop() ends the current request at once and waits (parking the caller)
 -- until the watch's task has finished, so nothing stays parked after it;
@@ -56,6 +57,8 @@ local core = require "kubelua.core"
 local http = require "kubelua.http"
 local json = require "kubelua.k8s.json"
 local k8s = require "kubelua.k8s"
+local options = require "kubelua.opts"
+local task = require "kubelua.task"
 
 local M = {}
 
@@ -80,18 +83,9 @@ local OPTIONS = {
 local Watcher = {}
 Watcher.__index = Watcher
 
-local function tb(e)
-  return debug.traceback(tostring(e), 2)
-end
-
+-- The callback opts[name](...), protected (see task.job's call).
 local function call(w, name, ...)
-  local f = w.opts[name]
-  if f then
-    local ok, err = xpcall(f, tb, ...)
-    if not ok then
-      core.log("E", string.format("watch %s: %s failed: %s", w.path, name, tostring(err)))
-    end
-  end
+  w.job:call(name, w.opts[name], ...)
 end
 
 local function report(w, err, code)
@@ -139,10 +133,7 @@ end
 -- Wait `secs`, or until cancel() wakes the watch.
 local function pause(w, secs)
   w.state = "waiting"
-  if not w.stopped then
-    w.pause_waker = w.pause_waker or core.waker()
-    w.pause_waker:wait(secs)
-  end
+  w.job:pause(secs)
 end
 
 local function emit(w, etype, obj)
@@ -270,7 +261,7 @@ local function watch_once(w)
     if w.stream == s then
       w.stream = nil
     end
-    if w.stopped then
+    if w.job.stopped then
       return "stopped"
     end
     return ...
@@ -290,7 +281,7 @@ local function watch_once(w)
   local buf = ""
   while true do
     local data, rerr, rcode = s:read()
-    if w.stopped then
+    if w.job.stopped then
       return finish("stopped")
     end
     if data then
@@ -309,7 +300,7 @@ local function watch_once(w)
         local line = buf:sub(start, nl - 1)
         start = nl + 1
         local out, e, c3 = handle_line(w, line)
-        if out or w.stopped then
+        if out or w.job.stopped then
           return finish(out, e, c3)
         end
       end
@@ -337,14 +328,14 @@ end
 local function run(w)
   local need_list = w.resource_version == nil
   local list_rv = "0"
-  while not w.stopped do
+  while not w.job.stopped do
     if need_list then
       w.state = "listing"
       local list, err, code = w.client:list(w.path, {
         labelSelector = w.opts.labelSelector, fieldSelector = w.opts.fieldSelector,
         limit = w.page_size, resourceVersion = list_rv, holder = w,
       })
-      if w.stopped then
+      if w.job.stopped then
         break
       end
       if list then
@@ -400,16 +391,8 @@ end
 --   page_size (500), bookmarks (true), timeout_seconds (random 300..600),
 --   backoff = {initial=, max=, factor=, jitter=, reset=}, log (true).
 function M.start(client, path, opts)
-  opts = opts or {}
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then
-      error("kubelua.k8s: watch: unknown option '" .. tostring(k) .. "'", 3)
-    end
-    if type(v) ~= want then
-      error(string.format("kubelua.k8s: watch: option '%s' must be a %s, got %s", k, want, type(v)), 3)
-    end
-  end
+  -- level 2: client:watch() tail-calls this, so its caller is next
+  opts = options.check(opts or {}, OPTIONS, "kubelua.k8s: watch", 2)
   local b = {}
   for k, v in pairs(M.defaults.backoff) do
     b[k] = (opts.backoff or {})[k] or v
@@ -427,52 +410,36 @@ function M.start(client, path, opts)
     secret = path:find("/secrets", 1, true) ~= nil,
     steps = 0,
     state = "starting",
-    stopped = false,
-    running = true,
-    joiners = {},
     stats = { lists = 0, watches = 0, events = 0, bookmarks = 0, errors = 0, expired = 0,
       relists = 0, reconnects = 0 },
   }, Watcher)
   w._synced = opts.resource_version ~= nil
-  core.spawn(function()
-    w.co = coroutine.running()
-    local ok, err = xpcall(run, tb, w)
-    if not ok then
-      core.log("E", string.format("watch %s: stopped by an error: %s", path, tostring(err)))
-    end
-    w.running = false
-    w.stopped = true
-    w.state = "stopped"
-    for _, wk in ipairs(w.joiners) do
-      wk:wake()
-    end
-    w.joiners = {}
-  end)
+  -- w.job: the watch's task; cancelling it also ends the request in flight.
+  w.job = task.job(function()
+    run(w)
+  end, {
+    name = "watch " .. path,
+    on_cancel = function()
+      if w.stream then
+        w.stream:close()
+      end
+    end,
+    on_exit = function()
+      w.state = "stopped"
+    end,
+  })
   return w
 end
 
 -- cancel(): end the watch without waiting for its task (which finishes on
--- its next loop turn, or within 50 ms when it is waiting to retry). The
--- store stays readable.
+-- its next loop turn). The store stays readable.
 function Watcher:cancel()
-  self.stopped = true
-  if self.pause_waker then
-    self.pause_waker:wake()
-  end
-  local s = self.stream
-  if s then
-    s:close()
-  end
+  self.job:cancel()
 end
 
 -- stop(): end the watch; returns once its task has finished.
 function Watcher:stop()
-  self:cancel()
-  if self.running and coroutine.running() ~= self.co then
-    local wk = core.waker()
-    self.joiners[#self.joiners + 1] = wk
-    wk:wait()
-  end
+  self.job:stop()
 end
 
 -- synced() -> whether the first list has been taken in

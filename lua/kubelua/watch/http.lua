@@ -41,9 +41,13 @@
 -- poller:stop() ends a request in flight at once and returns when the
 -- poller's task has finished (so nothing is left parked); called from a
 -- callback it does not wait. poller.stats counts polls, changes, unchanged
--- and errors; poller.body is the last body received.
+-- and errors; poller.body is the last body received; poller.job is the
+-- polling task (a kubelua.task job: poller.job.running is false once it has
+-- finished).
 local core = require "kubelua.core"
 local http = require "kubelua.http"
+local options = require "kubelua.opts"
+local task = require "kubelua.task"
 
 local M = {}
 
@@ -64,18 +68,9 @@ local OPTIONS = {
 local Poller = {}
 Poller.__index = Poller
 
-local function tb(e)
-  return debug.traceback(tostring(e), 2)
-end
-
+-- The callback opts[name](...), protected (see task.job's call).
 local function call(p, name, ...)
-  local f = p.opts[name]
-  if f then
-    local ok, err = xpcall(f, tb, ...)
-    if not ok then
-      core.log("E", string.format("watch.http %s: %s failed: %s", p.label, name, tostring(err)))
-    end
-  end
+  p.job:call(name, p.opts[name], ...)
 end
 
 local function report(p, err, code)
@@ -85,14 +80,6 @@ local function report(p, err, code)
     core.log("W", err .. (p.failures > 3 and string.format(" (%d failures in a row)", p.failures) or ""))
   end
   call(p, "on_error", err, code)
-end
-
--- Wait `secs`, or until stop() wakes the poller.
-local function pause(p, secs)
-  if not p.stopped then
-    p.pause_waker = p.pause_waker or core.waker()
-    p.pause_waker:wait(secs)
-  end
 end
 
 -- One GET: body, resp | nil, err, code (nil, nil when stopped).
@@ -105,7 +92,7 @@ local function fetch(p)
     if p.stream == s then
       p.stream = nil
     end
-    if p.stopped then
+    if p.job.stopped then
       return nil
     end
     return ...
@@ -139,7 +126,7 @@ end
 local function poll(p)
   p.stats.polls = p.stats.polls + 1
   local body, resp, code = fetch(p)
-  if p.stopped then
+  if p.job.stopped then
     return
   end
   if body == nil then
@@ -168,21 +155,15 @@ function M.start(opts)
   if type(opts) ~= "table" then
     error("kubelua.watch.http: start expects a table of options, got " .. type(opts), 2)
   end
+  options.check(opts, OPTIONS, "kubelua.watch.http", 2)
   for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then
-      error("kubelua.watch.http: unknown option '" .. tostring(k) .. "'", 2)
-    end
-    if type(v) ~= want then
-      error(string.format("kubelua.watch.http: option '%s' must be a %s, got %s", k, want, type(v)), 2)
-    end
-    if want == "number" and not (v > 0 and v < math.huge) then
-      error(string.format("kubelua.watch.http: option '%s' must be a positive number, got %s", k,
+    if OPTIONS[k] == "number" and not (v > 0 and v < math.huge) then
+      error(string.format("kubelua.watch.http: option %s must be a positive number, got %s", k,
         tostring(v)), 2)
     end
   end
   if not opts.url then
-    error("kubelua.watch.http: option 'url' is required", 2)
+    error("kubelua.watch.http: option url is required", 2)
   end
   local max_body = opts.max_body or M.defaults.max_body
   local request = {
@@ -201,47 +182,28 @@ function M.start(opts)
     max_body = max_body,
     log = opts.log ~= false and M.defaults.log,
     failures = 0,
-    stopped = false,
-    running = true,
-    joiners = {},
     stats = { polls = 0, changes = 0, unchanged = 0, errors = 0 },
   }, Poller)
-  core.spawn(function()
-    p.co = coroutine.running()
-    local ok, err = xpcall(function()
-      while not p.stopped do
-        poll(p)
-        pause(p, p.period)
+  -- p.job: the polling task; cancelling it also ends the request in flight.
+  p.job = task.job(function(j)
+    while not j.stopped do
+      poll(p)
+      j:pause(p.period)
+    end
+  end, {
+    name = "watch.http " .. p.label,
+    on_cancel = function()
+      if p.stream then
+        p.stream:close()
       end
-    end, tb)
-    if not ok then
-      core.log("E", string.format("watch.http %s: stopped by an error: %s", p.label, tostring(err)))
-    end
-    p.running = false
-    p.stopped = true
-    for _, wk in ipairs(p.joiners) do
-      wk:wake()
-    end
-    p.joiners = {}
-  end)
+    end,
+  })
   return p
 end
 
 -- stop(): no poll after this; returns once the poller's task has finished.
 function Poller:stop()
-  self.stopped = true
-  if self.pause_waker then
-    self.pause_waker:wake()
-  end
-  local s = self.stream
-  if s then
-    s:close()
-  end
-  if self.running and coroutine.running() ~= self.co then
-    local wk = core.waker()
-    self.joiners[#self.joiners + 1] = wk
-    wk:wait()
-  end
+  self.job:stop()
 end
 
 function Poller:__tostring()
