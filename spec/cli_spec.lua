@@ -350,4 +350,17 @@ t.describe("inspect family", function()
     t.eq(r.out, "ID: sha256:aaa\nTag: busybox:1\nSize: 1.5kB\nInfo: map[info:{\"a\":1}]\n")
     t.eq(r.err, 'kubelua inspecti: NOT_FOUND: no such image "none:1" present\n')
   end)
+  t.it("rm/rmp/stop/stopp --all: a failed listing is reported with the runtime's error", function()
+    for _, case in ipairs({ { "rm", "list_containers" }, { "rmp", "list_pod_sandbox" },
+      { "stop", "list_containers" }, { "stopp", "list_pod_sandbox" } }) do
+      local name, method = case[1], case[2]
+      local f = fake()
+      f[method] = function()
+        return nil, "UNAVAILABLE: runtime gone", "UNAVAILABLE"
+      end
+      local r = run(name, { "--all" }, f)
+      t.eq(r.status, common.EXIT_ERROR, name)
+      t.eq(r.err, "kubelua " .. name .. ": UNAVAILABLE: runtime gone\n", name)
+    end
+  end)
 end)

@@ -399,8 +399,9 @@ function Ctx:targets(noun, list)
   return rt, ids
 end
 
--- Collect the `id` of each item of a list response field, or pass an error on.
-function M.ids(resp, field, err)
+-- Collect the `id` of each item of a list response's `field`, or pass the
+-- error on: ids("items", rt:list_pod_sandbox{}) keeps the call's err.
+function M.ids(field, resp, err)
   if not resp then
     return nil, err
   end

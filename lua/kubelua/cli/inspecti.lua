@@ -17,7 +17,7 @@ return common.command{
           return nil
         end
         local r, err = rt:list_images{}
-        local ids = common.ids(r, "images")
+        local ids = common.ids("images", r, err)
         if not ids then
           return ctx:fail(err)
         end

@@ -33,7 +33,7 @@ return common.command{
   run = function(ctx)
     local f = ctx.flags
     local rt, ids = ctx:targets("CONTAINER-ID", function(c)
-      return common.ids(c:list_containers{}, "containers")
+      return common.ids("containers", c:list_containers{})
     end)
     if not rt then
       return

@@ -12,7 +12,7 @@ return common.command{
   run = function(ctx)
     local f = ctx.flags
     local rt, ids = ctx:targets("POD-ID", function(c)
-      return common.ids(c:list_pod_sandbox{}, "items")
+      return common.ids("items", c:list_pod_sandbox{})
     end)
     if not rt then
       return

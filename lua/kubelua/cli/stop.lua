@@ -13,7 +13,7 @@ return common.command{
   },
   run = function(ctx)
     local rt, ids = ctx:targets("CONTAINER-ID", function(c)
-      return common.ids(c:list_containers{ filter = { state = { state = "CONTAINER_RUNNING" } } }, "containers")
+      return common.ids("containers", c:list_containers{ filter = { state = { state = "CONTAINER_RUNNING" } } })
     end)
     if not rt then
       return

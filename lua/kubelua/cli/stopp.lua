@@ -10,7 +10,7 @@ return common.command{
   },
   run = function(ctx)
     local rt, ids = ctx:targets("POD-ID", function(c)
-      return common.ids(c:list_pod_sandbox{ filter = { state = { state = "SANDBOX_READY" } } }, "items")
+      return common.ids("items", c:list_pod_sandbox{ filter = { state = { state = "SANDBOX_READY" } } })
     end)
     if not rt then
       return
