@@ -72,7 +72,7 @@ local function setup(script, opts)
   local updates = {}
   local logs = {}
   local mgr = prober.new{ clock = clock, probe = opts.probe or probe, metrics = opts.metrics or false,
-    random = opts.random or function() return 0 end, policy = opts.policy,
+    random = opts.random or function() return 0 end, policy = opts.policy, tick = opts.tick,
     log = function(l, m) logs[#logs + 1] = l .. " " .. m end }
   if not opts.fresh then
     mgr.started_at = T0 - 3600
@@ -208,7 +208,7 @@ t.describe("timing", function()
   end)
   t.it("the first probe after agent start waits random() * period (bounds)", function()
     for _, r in ipairs({ 0, 0.5, 0.999 }) do
-      local env = setup({}, { fresh = true, random = function() return r end })
+      local env = setup({}, { fresh = true, random = function() return r end, tick = 0 })
       env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 10 } },
         { status = running("c1", T0 - 100) }))
       env.clock:advance(math.max(0, 10 * r - 0.001))
@@ -220,6 +220,36 @@ t.describe("timing", function()
       t.eq(count(env.calls, "liveness"), 2, "then every period")
       finish(env)
     end
+  end)
+  t.it("probes start on the tick: a multiple of it on the clock at or after the due time", function()
+    t.eq(prober.on_tick(10, 0.02), 10, "a due time on the grid stays (10 / 0.02 is not 500 in binary)")
+    t.eq(prober.on_tick(10.5, 0), 10.5, "tick 0: off")
+    t.eq(prober.tick_for(100, 0.02), 0.02, "100 probes/s: the whole tick")
+    t.eq(prober.tick_for(0, 0.02), 0.02)
+    t.eq(prober.tick_for(prober.TICK_BATCH * 1000, 0.02), 0.001, "shorter as probes get more frequent")
+    t.eq(prober.tick_for(5000, 0), 0, "off stays off")
+    local wall = 1795000000.013 -- a wall clock's magnitude
+    local at = prober.on_tick(wall, 0.02)
+    t.ok(at >= wall and at - wall <= 0.02, "at or after, within one tick: " .. (at - wall))
+    t.ok(math.abs(at / 0.02 - math.floor(at / 0.02 + 0.5)) < 1e-3, "on the grid")
+    -- the default tick (20 ms): jitter 9.99 s starts at 10.00 s, then every period on the grid
+    t.eq(prober.TICK, 0.02)
+    local env = setup({}, { fresh = true, random = function() return 0.999 end })
+    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 10 } },
+      { status = running("c1", T0 - 100) }))
+    env.clock:advance(9.995)
+    t.eq(count(env.calls, "liveness"), 0, "not at the jitter itself (9.99 s)")
+    env.clock:advance(0.005)
+    t.eq(count(env.calls, "liveness"), 1, "at the next tick (10.00 s)")
+    env.clock:advance(10)
+    t.eq(count(env.calls, "liveness"), 2)
+    t.ok(math.abs(env.calls[2].at - (T0 + 20)) < 1e-9, "then every period: " .. env.calls[2].at)
+    t.ok(math.abs(env.mgr.rate - 0.1) < 1e-12, "the running workers' rate: one probe per 10 s")
+    env.mgr:remove_pod("uid-1")
+    env.clock:settle()
+    env.mgr:join(1)
+    t.ok(math.abs(env.mgr.rate) < 1e-12, "gone with the worker: " .. env.mgr.rate)
+    finish(env)
   end)
   t.it("no jitter once the agent has run longer than the period", function()
     local env = setup({}, { fresh = true, random = function() return 0.9 end })

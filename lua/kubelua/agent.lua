@@ -63,7 +63,7 @@ function M.start(cfg)
     backoff = { initial = dur(clb.initial, 10), max = dur(clb.max, 300), reset = dur(clb.reset, 600) },
     resync = cfg.syncFrequency, on_sync = ex.on_sync, log = ex.logger("podsync"),
   }
-  self.prober = prober.new{ runtime = rt, log = ex.logger("prober") }
+  self.prober = prober.new{ runtime = rt, log = ex.logger("prober"), tick = cfg.probeTick }
   self.prober:subscribe(function(u)
     self.sync:on_probe_result(u.pod_uid, u.container_name, u.kind, u.result, u.container_id)
   end)

@@ -45,6 +45,7 @@ M.KEYS = {
   controlSocket = { "string", "" }, -- `kubelua attach`: "" = <stateDir>/control.sock, "-" = none
   kubeconfig = { "string", "" },
   relistPeriod = { "duration", 1 },
+  probeTick = { "duration", 0.02 }, -- kubelua.prober's tick: probes start on its multiples
   containerGCPeriod = { "duration", 60 },
   crashLoopBackOff = { "table", {} }, -- { initial = "10s", max = "5m", reset = "10m" }
   policies = { "table", {} }, -- { gc = "path.lua", prober = "path.lua" }: kubelua.agent.policy

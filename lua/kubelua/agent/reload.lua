@@ -13,6 +13,7 @@
 --   logFormat                     at once
 --   containerGCPeriod             the GC loop restarts (and runs once at once)
 --   relistPeriod, crashLoopBackOff  taken by PLEG and pod sync at their next use
+--   probeTick                     taken by each probe worker at its next wait
 --   staticPodPath, fileCheckFrequency            the file source restarts
 --   staticPodURL, staticPodURLHeader, httpCheckFrequency  the URL source restarts
 --
@@ -30,7 +31,7 @@ local M = {}
 -- Configuration keys a reload applies in place; a change to any other key needs a restart.
 M.LIVE = {
   policies = true, logFormat = true, containerGCPeriod = true, relistPeriod = true, syncFrequency = true,
-  crashLoopBackOff = true, staticPodPath = true, fileCheckFrequency = true,
+  probeTick = true, crashLoopBackOff = true, staticPodPath = true, fileCheckFrequency = true,
   staticPodURL = true, staticPodURLHeader = true, httpCheckFrequency = true,
 }
 
@@ -98,6 +99,10 @@ end
 
 function APPLY.relistPeriod(agent, cfg)
   agent.pleg.period = cfg.relistPeriod
+end
+
+function APPLY.probeTick(agent, cfg)
+  agent.prober.tick = cfg.probeTick
 end
 
 function APPLY.syncFrequency(agent, cfg)
