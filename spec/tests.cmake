@@ -40,6 +40,17 @@ if(NOT KL_SANITIZE)
     ENVIRONMENT "KUBELUA=$<TARGET_FILE:kubelua>;RESULTS=${CMAKE_BINARY_DIR}/soak;KUBELUA_LUA_PATH=${CMAKE_SOURCE_DIR}/lua")
 endif()
 
+# bench/probe's smoke run: every peer but Go (golang-go is the benchmark's
+# own need) and the curl processes, 50 targets for 2 s against a private
+# nginx; each must complete its probes without a failure. Keeps the
+# benchmark and its C reference peers building and working.
+if(NOT KL_SANITIZE)
+  add_test(NAME bench.probe.smoke
+    COMMAND bash ${CMAKE_SOURCE_DIR}/bench/probe/run.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(bench.probe.smoke PROPERTIES TIMEOUT 120
+    ENVIRONMENT "NS=50;SECS=2;WARMUP=1;NADDR=4;PEERS=kubelua kubelua0 floor curlmulti;CHECK=1;RESULTS=${CMAKE_BINARY_DIR}/bench;KUBELUA_LUA_PATH=${CMAKE_SOURCE_DIR}/lua")
+endif()
+
 # The embedding API, from C.
 add_executable(embed_test ${CMAKE_SOURCE_DIR}/spec/c/embed_test.c)
 target_compile_options(embed_test PRIVATE ${KL_WARN})

@@ -3,7 +3,9 @@
 costs), N targets at a 1 s period. The CPU counted is the curl processes'
 (RUSAGE_CHILDREN), not this driver's.
 
-  peer_curl.py URL N SECONDS WARMUP
+  peer_curl.py URL N SECONDS WARMUP [NADDR]
+
+NADDR: target i probes 127.0.0.<1 + i % NADDR> in place of the URL's 127.0.0.1.
 """
 import os
 import resource
@@ -11,8 +13,10 @@ import sys
 import time
 
 url, n, secs, warmup = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-argv = ["curl", "-s", "-o", "/dev/null", "--max-time", "1", "-H", "User-Agent: kube-probe/1.33",
-        "-H", "Connection: close", "-w", "%{http_code}", url]
+naddr = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+argvs = [["curl", "-s", "-o", "/dev/null", "--max-time", "1", "-H", "User-Agent: kube-probe/1.33",
+          "-H", "Connection: close", "-w", "%{http_code}",
+          url.replace("127.0.0.1", "127.0.0.%d" % (1 + i % naddr), 1)] for i in range(n)]
 curl = "/usr/bin/curl"
 devnull = os.open(os.devnull, os.O_RDWR)
 
@@ -59,7 +63,7 @@ while True:
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu0 = ru.ru_utime + ru.ru_stime
         m0 = time.monotonic()
-    pid = os.posix_spawn(curl, argv, os.environ, file_actions=[
+    pid = os.posix_spawn(curl, argvs[k], os.environ, file_actions=[
         (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
         (os.POSIX_SPAWN_DUP2, devnull, 2)])
     live[pid] = t >= t_measure

@@ -1,7 +1,8 @@
 #!/bin/bash
 # A private nginx on 127.0.0.1 for the probe specs and bench/probe.
-#   probe_nginx.sh start DIR PORT [WORKERS]   config in DIR, runs in the background,
-#                                             waits until the port answers
+#   probe_nginx.sh start DIR PORT [WORKERS] [NADDR]   config in DIR, runs in the
+#       background, waits until the port answers; NADDR > 1: listens on
+#       127.0.0.1 to 127.0.0.NADDR (many targets, as pods have many IPs)
 #   probe_nginx.sh stop DIR                   stops it (pid file in DIR)
 # Routes: /healthz 200 "ok", /status/N for a few N, /redirect (302 to
 # /healthz), /echo (the request's Host, Accept, User-Agent, Connection and
@@ -15,6 +16,11 @@ case "$cmd" in
 start)
     port=${3:?PORT}
     workers=${4:-1}
+    naddr=${5:-1}
+    listen=""
+    for i in $(seq 1 "$naddr"); do
+        listen+="        listen 127.0.0.$i:$port backlog=16384 reuseport;"$'\n'
+    done
     mkdir -p "$dir/tmp" "$dir/logs"
     cat >"$dir/nginx.conf" <<EOF
 daemon off;
@@ -32,8 +38,7 @@ http {
     scgi_temp_path $dir/tmp/scgi;
     default_type text/plain;
     server {
-        listen 127.0.0.1:$port backlog=16384 reuseport;
-        location = /healthz { return 200 "ok\n"; }
+$listen        location = /healthz { return 200 "ok\n"; }
         location = /status/200 { return 200 "status 200\n"; }
         location = /status/204 { return 204; }
         location = /status/301 { return 301 /healthz; }
@@ -70,7 +75,7 @@ stop)
     fi
     ;;
 *)
-    echo "usage: $0 start DIR PORT [WORKERS] | stop DIR" >&2
+    echo "usage: $0 start DIR PORT [WORKERS] [NADDR] | stop DIR" >&2
     exit 2
     ;;
 esac

@@ -3,7 +3,9 @@
 // and compression off, no proxy, TLS not verified, 1 s client timeout, at most
 // 10 KiB of body read, User-Agent kube-probe and Accept */*.
 //
-//	goprober URL N SECONDS WARMUP
+//	goprober URL N SECONDS WARMUP [NADDR]
+//
+// NADDR: target i probes 127.0.0.<1 + i % NADDR> in place of the URL's 127.0.0.1.
 //
 // Prints one line: RESULT peer=go n=.. probes_per_s=.. ...
 package main
@@ -45,6 +47,10 @@ func main() {
 	n, _ := strconv.Atoi(os.Args[2])
 	secs, _ := strconv.ParseFloat(os.Args[3], 64)
 	warmup, _ := strconv.ParseFloat(os.Args[4], 64)
+	naddr := 1
+	if len(os.Args) > 5 {
+		naddr, _ = strconv.Atoi(os.Args[5])
+	}
 	period := time.Second
 
 	transport := &http.Transport{
@@ -65,6 +71,7 @@ func main() {
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
 		wg.Add(1)
+		target := strings.Replace(url, "127.0.0.1", fmt.Sprintf("127.0.0.%d", 1+i%naddr), 1)
 		go func(i int) {
 			defer wg.Done()
 			next := start.Add(period * time.Duration(i) / time.Duration(n))
@@ -77,7 +84,7 @@ func main() {
 					return
 				}
 				good := false
-				req, err := http.NewRequest("GET", url, nil)
+				req, err := http.NewRequest("GET", target, nil)
 				if err == nil {
 					req.Header.Set("User-Agent", "kube-probe/1.33")
 					req.Header.Set("Accept", "*/*")
