@@ -56,6 +56,10 @@ int kl__push_error(lua_State *L, const char *code, const char *fmt, ...)
 {
     FUZZ_FAIL("kl__push_error called");
 }
+void kl__new_type(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction gc)
+{
+    FUZZ_FAIL("kl__new_type called");
+}
 
 typedef struct {
     const uint8_t *data;

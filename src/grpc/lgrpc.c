@@ -462,20 +462,8 @@ int luaopen_kubelua_grpc(lua_State *L)
                                                {"stats", channel_stats}, {0, 0}};
     static const luaL_Reg stream_methods[] = {
         {"recv", stream_recv}, {"cancel", stream_cancel}, {0, 0}};
-    luaL_newmetatable(L, CHANNEL_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, channel_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, channel_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-    luaL_newmetatable(L, STREAM_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, stream_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, stream_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    kl__new_type(L, CHANNEL_MT, channel_methods, channel_close);
+    kl__new_type(L, STREAM_MT, stream_methods, stream_gc);
     build_methods(L);
 
     static const luaL_Reg fns[] = {

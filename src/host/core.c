@@ -502,13 +502,7 @@ int luaopen_kubelua_core(lua_State *L)
 
     static const luaL_Reg sigwatch_methods[] = {
         {"next", sigwatch_next}, {"close", sigwatch_close}, {0, 0}};
-    luaL_newmetatable(L, SIGWATCH_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, sigwatch_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, sigwatch_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    kl__new_type(L, SIGWATCH_MT, sigwatch_methods, sigwatch_close);
 
     static const luaL_Reg fns[] = {{"spawn", l_spawn},
                                    {"sleep", l_sleep},

@@ -173,6 +173,17 @@ int kl__push_error(lua_State *L, const char *code, const char *fmt, ...)
     return 3;
 }
 
+void kl__new_type(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction gc)
+{
+    luaL_newmetatable(L, tname);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+}
+
 /* ------------------------------------------------------------------ host */
 
 kl_host *kl__host(lua_State *L)

@@ -87,6 +87,12 @@ int kl__parked_count(kl_host *h);
 int kl__push_error(lua_State *L, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* --- userdata types ---------------------------------------------------- */
+
+/* Create the metatable `tname` for a userdata type: `methods` under
+ * __index, `gc` as __gc. Leaves the stack as it was. */
+void kl__new_type(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction gc);
+
 /* --- modules ------------------------------------------------------------ */
 
 /* The built-in C modules, generated from every `luaopen_kubelua_*` defined

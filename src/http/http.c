@@ -1611,13 +1611,7 @@ int luaopen_kubelua_http_core(lua_State *L)
                                               {"close", l_stream_close},
                                               {"done", l_stream_done},
                                               {0, 0}};
-    luaL_newmetatable(L, STREAM_MT);
-    lua_pushcfunction(L, l_stream_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_newtable(L);
-    luaL_setfuncs(L, stream_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    kl__new_type(L, STREAM_MT, stream_methods, l_stream_gc);
     static const luaL_Reg fns[] = {{"request", l_request},
                                    {"open", l_open},
                                    {"code_name", l_code_name},

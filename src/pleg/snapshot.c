@@ -353,14 +353,8 @@ static const ProtobufCEnumDescriptor *enum_of(const char *msg, const char *name)
 
 int luaopen_kubelua_pleg_core(lua_State *L)
 {
-    luaL_newmetatable(L, SNAPSHOT_MT);
     static const luaL_Reg methods[] = {{"size", snapshot_size}, {"pods", snapshot_pods}, {0, 0}};
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, snapshot_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    kl__new_type(L, SNAPSHOT_MT, methods, snapshot_gc);
 
     static const luaL_Reg fns[] = {{"snapshot", l_snapshot}, {"diff", l_diff}, {0, 0}};
     lua_newtable(L);

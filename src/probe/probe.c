@@ -363,13 +363,7 @@ static int event_gc(lua_State *L)
 int luaopen_kubelua_probe_core(lua_State *L)
 {
     static const luaL_Reg methods[] = {{"wait", event_wait}, {"wake", event_wake}, {0, 0}};
-    luaL_newmetatable(L, EVENT_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, event_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    kl__new_type(L, EVENT_MT, methods, event_gc);
     static const luaL_Reg fns[] = {{"tcp_connect", l_tcp_connect}, {"event", l_event}, {0, 0}};
     luaL_newlib(L, fns);
     return 1;

@@ -81,14 +81,3 @@ void kl__read_room(char **buf, size_t len, size_t *cap, size_t want, uv_buf_t *o
     }
     *out = uv_buf_init(*buf + len, (unsigned)(*cap - len));
 }
-
-void kl__new_type(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction gc)
-{
-    luaL_newmetatable(L, tname);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-}

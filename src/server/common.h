@@ -54,8 +54,4 @@ void kl__waitq_close(kl__waitq *q, kl__waitq_drop_fn drop);
  * UV_ENOBUFS to the read callback). */
 void kl__read_room(char **buf, size_t len, size_t *cap, size_t want, uv_buf_t *out);
 
-/* Create the metatable `tname` for a userdata type: `methods` under
- * __index, `gc` as __gc. Leaves the stack as it was. */
-void kl__new_type(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction gc);
-
 #endif
