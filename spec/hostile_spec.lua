@@ -89,6 +89,7 @@ t.describe("the agent's config file", function()
       "^runtimeRequestTimeout: 99999999999999999999h: not a duration" },
     { "a huge number of seconds", "relistPeriod: 1e300\n", "^relistPeriod: 1e%+300: not a duration" },
     { "a unit Go lacks", "relistPeriod: 3d\n", "^relistPeriod: 3d: not a duration" },
+    { "a probe tick longer than a second", "probeTick: 2s\n", "^probeTick: 2s: must be at most 1s$" },
     { "a bad backoff", "crashLoopBackOff: {initial: -3s}\n", "^crashLoopBackOff.initial: %-3s: not a duration$" },
     { "an unknown backoff key", "crashLoopBackOff: {initial: 1s, bogus: 1}\n",
       "^crashLoopBackOff.bogus: unknown key %(initial, max, reset%)$" },

@@ -146,6 +146,11 @@ function M.validate(raw)
       "imageGCLowThresholdPercent: %d: must not be above imageGCHighThresholdPercent (%d)",
       cfg.imageGCLowThresholdPercent, cfg.imageGCHighThresholdPercent)
   end
+  -- a tick delays each probe by up to its length: beyond a second it would
+  -- be a change of the probes' periods, not a way to share wake-ups
+  if cfg.probeTick and cfg.probeTick > 1 then
+    problems[#problems + 1] = string.format("probeTick: %s: must be at most 1s", tostring(raw.probeTick))
+  end
   for _, k in ipairs({ "initial", "max", "reset" }) do
     local v = cfg.crashLoopBackOff and cfg.crashLoopBackOff[k]
     if v ~= nil and not M.parse_duration(v) then
