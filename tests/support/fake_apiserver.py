@@ -898,12 +898,14 @@ class Handler(BaseHTTPRequestHandler):
                                not getattr(w, "columns_sent", False))
                 w.columns_sent = True
         data = json.dumps({"type": etype, "object": obj}, separators=(",", ":")).encode() + b"\n"
+        # logged before it is sent: a client that has read the event and
+        # then asks for the stats must find it there
         t = time.time()
-        self.chunk(data)
         with LOGLOCK:
             WRITES.append([rv, etype, t])
             if len(WRITES) > 100000:
                 del WRITES[:50000]
+        self.chunk(data)
 
     def watch(self, resource, ns, q, table):
         lsel = parse_label_selector(q.get("labelSelector"))
