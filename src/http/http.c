@@ -383,6 +383,19 @@ static void easy_put(http_state *st, CURL *e)
     st->pool[st->npool++] = e;
 }
 
+/* Enter a request added to the multi in the state's list; the uv handles
+ * hold the loop while any is in flight. */
+static void req_link(request *r)
+{
+    http_state *st = r->st;
+    r->next = st->reqs;
+    if (st->reqs != NULL)
+        st->reqs->prev = r;
+    st->reqs = r;
+    if (st->running++ == 0)
+        set_refs(st, 1);
+}
+
 static void req_unlink(request *r)
 {
     http_state *st = r->st;
@@ -1348,6 +1361,7 @@ static int has_ctl(const char *s, size_t n)
 /* Read and check everything before parking: only this may throw. */
 static void read_opts(lua_State *L, int t, req_opts *o)
 {
+    luaL_checktype(L, t, LUA_TTABLE);
     size_t n;
     memset(o, 0, sizeof *o);
     o->url = opt_string(L, t, "url", &n);
@@ -1496,10 +1510,21 @@ static int fail_parked(lua_State *L, kl_park *p, request *r, const char *code, c
     return kl__park_yield(L, p);
 }
 
+/* What every request takes from its options: the state, max_body, the label
+ * and an easy handle; -1 when the label or the handle could not be had. */
+static int req_init(request *r, http_state *st, const req_opts *o)
+{
+    r->st = st;
+    r->max_body =
+        o->max_body >= 0 && o->max_body < (double)SIZE_MAX ? (size_t)o->max_body : SIZE_MAX;
+    r->label = make_label(o->method, o->url);
+    r->easy = easy_get(st);
+    return r->label != NULL && r->easy != NULL ? 0 : -1;
+}
+
 /* request(opts) -> resp | nil, "CODE: METHOD url: message", "CODE" (parks) */
 static int l_request(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
     req_opts o;
     read_opts(L, 1, &o);
     http_state *st = get_state(L);
@@ -1508,14 +1533,10 @@ static int l_request(lua_State *L)
     request *r = calloc(1, sizeof *r);
     if (r == NULL)
         return fail_parked(L, p, NULL, "ERROR", "out of memory");
-    r->st = st;
     r->park = p;
     r->co = L;
-    r->max_body = o.max_body >= 0 && o.max_body < (double)SIZE_MAX ? (size_t)o.max_body : SIZE_MAX;
     r->truncate = o.truncate;
-    r->label = make_label(o.method, o.url);
-    r->easy = easy_get(st);
-    if (r->label == NULL || r->easy == NULL)
+    if (req_init(r, st, &o) != 0)
         return fail_parked(L, p, r, "ERROR", "out of memory");
     CURLcode rc = setup(L, r, &o);
     if (rc != CURLE_OK)
@@ -1523,12 +1544,7 @@ static int l_request(lua_State *L)
     CURLMcode mc = st->api.multi_add_handle(st->multi, r->easy);
     if (mc != CURLM_OK)
         return fail_parked(L, p, r, "ERROR", st->api.multi_strerror(mc));
-    r->next = st->reqs;
-    if (st->reqs != NULL)
-        st->reqs->prev = r;
-    st->reqs = r;
-    if (st->running++ == 0)
-        set_refs(st, 1);
+    req_link(r);
     /* curl_multi_add_handle only armed the timer: the transfer starts, and
      * ends, in loop callbacks. */
     kl__park_set_cancel(p, req_cancel, r);
@@ -1540,7 +1556,6 @@ static int l_request(lua_State *L)
  * a failure to start is what s:response() returns. */
 static int l_open(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
     req_opts o;
     read_opts(L, 1, &o);
     http_state *st = get_state(L);
@@ -1552,19 +1567,16 @@ static int l_open(lua_State *L)
     request *r = calloc(1, sizeof *r);
     if (r == NULL)
         return luaL_error(L, "kubelua.http: out of memory");
-    r->st = st;
     r->stream = 1;
     r->follow = o.follow;
-    r->max_body = o.max_body >= 0 && o.max_body < (double)SIZE_MAX ? (size_t)o.max_body : SIZE_MAX;
-    r->label = make_label(o.method, o.url);
-    r->easy = easy_get(st);
+    int oom = req_init(r, st, &o) != 0;
     *u = r;
     r->ud = u;
     CURLcode rc = CURLE_OUT_OF_MEMORY;
     CURLMcode mc = CURLM_OK;
-    if (r->label == NULL || r->easy == NULL || (rc = setup(L, r, &o)) != CURLE_OK ||
+    if (oom || (rc = setup(L, r, &o)) != CURLE_OK ||
         (mc = st->api.multi_add_handle(st->multi, r->easy)) != CURLM_OK) {
-        if (r->label == NULL || r->easy == NULL)
+        if (oom)
             stream_fail(r, "ERROR", "out of memory");
         else if (rc != CURLE_OK)
             stream_fail(r, code_name(rc), st->api.easy_strerror(rc));
@@ -1576,12 +1588,7 @@ static int l_open(lua_State *L)
         lua_pushvalue(L, self);
         return 1;
     }
-    r->next = st->reqs;
-    if (st->reqs != NULL)
-        st->reqs->prev = r;
-    st->reqs = r;
-    if (st->running++ == 0)
-        set_refs(st, 1);
+    req_link(r);
     lua_pushvalue(L, self);
     return 1;
 }

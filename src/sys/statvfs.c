@@ -141,6 +141,17 @@ static int is_dot(const char *name)
     return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
 }
 
+/* The next entry of d other than "." and "..", or NULL at the end (or on an
+ * error: readdir's errno is left as it is). */
+static struct dirent *next_entry(DIR *d)
+{
+    struct dirent *e;
+    do
+        e = readdir(d);
+    while (e != NULL && is_dot(e->d_name));
+    return e;
+}
+
 static int l_readdir(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
@@ -151,9 +162,7 @@ static int l_readdir(lua_State *L)
     int n = 0;
     struct dirent *e;
     errno = 0;
-    while ((e = readdir(d)) != NULL) {
-        if (is_dot(e->d_name))
-            continue;
+    while ((e = next_entry(d)) != NULL) {
         lua_pushstring(L, e->d_name);
         lua_rawseti(L, -2, ++n);
     }
@@ -187,40 +196,58 @@ typedef struct {
     int err; /* first errno met */
 } walk;
 
-/* Sum the sizes of everything inside the open folder fd; closes fd. */
-static void du_dir(int fd, int depth, walk *w)
+/* Keep err when it is the walk's first error. */
+static void walk_fail(walk *w, int err)
+{
+    if (!w->err)
+        w->err = err;
+}
+
+/* A stream over the open folder fd, or NULL (fd closed, the error kept). */
+static DIR *walk_opendir(int fd, walk *w)
 {
     DIR *d = fdopendir(fd);
     if (d == NULL) {
-        if (!w->err)
-            w->err = errno;
+        walk_fail(w, errno);
         close(fd);
-        return;
     }
+    return d;
+}
+
+/* Open the folder `name` of d, found at `depth`, for a walk one level
+ * deeper: -1 when it is too deep (ELOOP kept) or cannot be opened (the
+ * error kept, unless the folder is gone already). */
+static int walk_opensub(DIR *d, const char *name, int depth, walk *w)
+{
+    if (depth >= MAX_DEPTH) {
+        walk_fail(w, ELOOP);
+        return -1;
+    }
+    int sub = openat(dirfd(d), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0 && errno != ENOENT)
+        walk_fail(w, errno);
+    return sub;
+}
+
+/* Sum the sizes of everything inside the open folder fd; closes fd. */
+static void du_dir(int fd, int depth, walk *w)
+{
+    DIR *d = walk_opendir(fd, w);
+    if (d == NULL)
+        return;
     struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (is_dot(e->d_name))
-            continue;
+    while ((e = next_entry(d)) != NULL) {
         struct stat st;
         if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-            if (errno != ENOENT && !w->err)
-                w->err = errno;
+            if (errno != ENOENT)
+                walk_fail(w, errno);
             continue;
         }
         w->disk += (double)st.st_blocks * 512.0;
         if (S_ISDIR(st.st_mode)) {
-            if (depth >= MAX_DEPTH) {
-                if (!w->err)
-                    w->err = ELOOP;
-                continue;
-            }
-            int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (sub < 0) {
-                if (errno != ENOENT && !w->err)
-                    w->err = errno;
-                continue;
-            }
-            du_dir(sub, depth + 1, w);
+            int sub = walk_opensub(d, e->d_name, depth, w);
+            if (sub >= 0)
+                du_dir(sub, depth + 1, w);
         } else {
             w->bytes += (double)st.st_size;
         }
@@ -254,39 +281,24 @@ static int l_du(lua_State *L)
 /* Empty the open folder fd (closes fd); the first error is kept in w. */
 static void rm_dir(int fd, int depth, walk *w)
 {
-    DIR *d = fdopendir(fd);
-    if (d == NULL) {
-        if (!w->err)
-            w->err = errno;
-        close(fd);
+    DIR *d = walk_opendir(fd, w);
+    if (d == NULL)
         return;
-    }
     struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (is_dot(e->d_name))
-            continue;
+    while ((e = next_entry(d)) != NULL) {
         if (unlinkat(dirfd(d), e->d_name, 0) == 0 || errno == ENOENT)
             continue;
         if (errno != EISDIR && errno != EPERM) {
-            if (!w->err)
-                w->err = errno;
+            walk_fail(w, errno);
             continue;
         }
         /* A folder (unlink says EISDIR on Linux; EPERM elsewhere). */
-        if (depth >= MAX_DEPTH) {
-            if (!w->err)
-                w->err = ELOOP;
+        int sub = walk_opensub(d, e->d_name, depth, w);
+        if (sub < 0)
             continue;
-        }
-        int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (sub < 0) {
-            if (errno != ENOENT && !w->err)
-                w->err = errno;
-            continue;
-        }
         rm_dir(sub, depth + 1, w);
-        if (unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR) != 0 && errno != ENOENT && !w->err)
-            w->err = errno;
+        if (unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR) != 0 && errno != ENOENT)
+            walk_fail(w, errno);
     }
     closedir(d);
 }

@@ -1058,12 +1058,8 @@ int luaopen_kubelua_watch_core(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         {"next", w_next}, {"close", w_close}, {"info", w_info}, {0, 0}};
-    luaL_newmetatable(L, WATCHER_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, w_close);
-    lua_setfield(L, -2, "__gc");
+    kl__new_type(L, WATCHER_MT, methods, w_close);
+    luaL_getmetatable(L, WATCHER_MT);
     lua_pushcfunction(L, w_tostring);
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);

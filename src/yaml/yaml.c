@@ -195,6 +195,43 @@ static int go_parse_int(const char *s, size_t n, int64_t *out)
     return 0;
 }
 
+/* Skip the digits at s[*i]; 1 when there was at least one. */
+static int skip_digits(const char *s, size_t n, size_t *i)
+{
+    size_t d = *i;
+    while (*i < n && is_digit(s[*i]))
+        (*i)++;
+    return *i > d;
+}
+
+/* Skip the digits at s[*i] with single '_' between them, as Go's ParseFloat
+ * takes them; 0 when there is no digit, or a '_' first, last or doubled. */
+static int skip_digits_us(const char *s, size_t n, size_t *i)
+{
+    int digits = 0, prev_us = 0;
+    for (; *i < n && (is_digit(s[*i]) || s[*i] == '_'); (*i)++) {
+        if (s[*i] == '_') {
+            if (!digits || prev_us)
+                return 0;
+            prev_us = 1;
+        } else {
+            digits++, prev_us = 0;
+        }
+    }
+    return digits && !prev_us;
+}
+
+/* Skip an exponent's 'e' or 'E' and its sign at s[*i]; 0 when there is none. */
+static int skip_exponent_mark(const char *s, size_t n, size_t *i)
+{
+    if (*i >= n || (s[*i] != 'e' && s[*i] != 'E'))
+        return 0;
+    (*i)++;
+    if (*i < n && (s[*i] == '+' || s[*i] == '-'))
+        (*i)++;
+    return 1;
+}
+
 /* ^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$ (go-yaml's float form) */
 static int yaml_style_float(const char *s, size_t n)
 {
@@ -203,33 +240,18 @@ static int yaml_style_float(const char *s, size_t n)
         i++;
     if (i < n && s[i] == '.') {
         i++;
-        size_t d = i;
-        while (i < n && is_digit(s[i]))
-            i++;
-        if (i == d)
+        if (!skip_digits(s, n, &i))
             return 0;
     } else {
-        size_t d = i;
-        while (i < n && is_digit(s[i]))
-            i++;
-        if (i == d)
+        if (!skip_digits(s, n, &i))
             return 0;
         if (i < n && s[i] == '.') {
             i++;
-            while (i < n && is_digit(s[i]))
-                i++;
+            skip_digits(s, n, &i);
         }
     }
-    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-        i++;
-        if (i < n && (s[i] == '+' || s[i] == '-'))
-            i++;
-        size_t d = i;
-        while (i < n && is_digit(s[i]))
-            i++;
-        if (i == d)
-            return 0;
-    }
+    if (skip_exponent_mark(s, n, &i) && !skip_digits(s, n, &i))
+        return 0;
     return i == n;
 }
 
@@ -238,35 +260,10 @@ static int yaml_style_float(const char *s, size_t n)
 static int dot_float(const char *s, size_t n)
 {
     size_t i = 1;
-    int digits = 0, prev_us = 0;
-    for (; i < n && (is_digit(s[i]) || s[i] == '_'); i++) {
-        if (s[i] == '_') {
-            if (!digits || prev_us)
-                return 0;
-            prev_us = 1;
-        } else {
-            digits++, prev_us = 0;
-        }
-    }
-    if (!digits || prev_us)
+    if (!skip_digits_us(s, n, &i))
         return 0;
-    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-        i++;
-        if (i < n && (s[i] == '+' || s[i] == '-'))
-            i++;
-        digits = 0;
-        for (; i < n && (is_digit(s[i]) || s[i] == '_'); i++) {
-            if (s[i] == '_') {
-                if (!digits || prev_us)
-                    return 0;
-                prev_us = 1;
-            } else {
-                digits++, prev_us = 0;
-            }
-        }
-        if (!digits || prev_us)
-            return 0;
-    }
+    if (skip_exponent_mark(s, n, &i) && !skip_digits_us(s, n, &i))
+        return 0;
     return i == n;
 }
 
@@ -484,6 +481,19 @@ typedef struct {
     char err[ERR_MAX];
 } dctx;
 
+/* Push a zeroed userdata of `size` bytes whose metatable has `gc` as __gc:
+ * a decode or encode context, released by the collector whatever happens. */
+static void *new_context(lua_State *L, size_t size, lua_CFunction gc)
+{
+    void *p = lua_newuserdata(L, size);
+    memset(p, 0, size);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    return p;
+}
+
 static void dctx_release(dctx *c)
 {
     if (c->parser_live) {
@@ -546,26 +556,30 @@ static void arena_reset(dctx *c)
     c->chunks = NULL;
 }
 
-static int fail(dctx *c, uint32_t line, uint32_t col, const char *fmt, ...)
+/* Set c->err to "name:line:col: message"; returns -1. */
+static int vfail(dctx *c, uint32_t line, uint32_t col, const char *fmt, va_list ap)
 {
     int n = snprintf(c->err, sizeof c->err, "%s:%u:%u: ", c->name, line, col);
     if (n < 0 || (size_t)n >= sizeof c->err)
         n = 0;
+    vsnprintf(c->err + n, sizeof c->err - (size_t)n, fmt, ap);
+    return -1;
+}
+
+static int fail(dctx *c, uint32_t line, uint32_t col, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->err + n, sizeof c->err - (size_t)n, fmt, ap);
+    vfail(c, line, col, fmt, ap);
     va_end(ap);
     return -1;
 }
 
 static int fail_node(dctx *c, const node *n, const char *fmt, ...)
 {
-    int k = snprintf(c->err, sizeof c->err, "%s:%u:%u: ", c->name, n->line, n->col);
-    if (k < 0 || (size_t)k >= sizeof c->err)
-        k = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->err + k, sizeof c->err - (size_t)k, fmt, ap);
+    vfail(c, n->line, n->col, fmt, ap);
     va_end(ap);
     return -1;
 }
@@ -1400,13 +1414,8 @@ static int l_decode(lua_State *L)
         return 3;
     }
 
-    dctx *c = lua_newuserdata(L, sizeof *c); /* 8 */
-    memset(c, 0, sizeof *c);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, dctx_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, UV_ARRAY_MT); /* 9 */
+    dctx *c = new_context(L, sizeof *c, dctx_gc); /* 8 */
+    lua_pushvalue(L, UV_ARRAY_MT);                /* 9 */
     c->array_mt = 9;
     c->L = L;
     c->name = name;
@@ -2042,14 +2051,9 @@ static int l_encode(lua_State *L)
     if (all)
         luaL_checktype(L, 1, LUA_TTABLE);
 
-    ectx *e = lua_newuserdata(L, sizeof *e); /* 2 */
-    memset(e, 0, sizeof *e);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, ectx_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, UV_ARRAY_MT); /* 3 */
-    lua_newtable(L);               /* 4: visiting */
+    ectx *e = new_context(L, sizeof *e, ectx_gc); /* 2 */
+    lua_pushvalue(L, UV_ARRAY_MT);                /* 3 */
+    lua_newtable(L);                              /* 4: visiting */
     enc *E = lua_newuserdata(L, sizeof *E + (size_t)max_depth * sizeof E->path[0]); /* 5 */
     E->L = L;
     E->e = e;
