@@ -48,7 +48,7 @@ if(NOT KL_SANITIZE)
   add_test(NAME bench.probe.smoke
     COMMAND bash ${CMAKE_SOURCE_DIR}/bench/probe/run.sh ${CMAKE_BINARY_DIR})
   set_tests_properties(bench.probe.smoke PROPERTIES TIMEOUT 120
-    ENVIRONMENT "NS=50;SECS=2;WARMUP=1;NADDR=4;PEERS=kubelua kubelua0 floor curlmulti;CHECK=1;RESULTS=${CMAKE_BINARY_DIR}/bench;KUBELUA_LUA_PATH=${CMAKE_SOURCE_DIR}/lua")
+    ENVIRONMENT "NS=50;SECS=2;WARMUP=1;NADDR=4;PEERS=kubelua kubelua0 prober floor curlmulti;CHECK=1;RESULTS=${CMAKE_BINARY_DIR}/bench;KUBELUA_LUA_PATH=${CMAKE_SOURCE_DIR}/lua")
 endif()
 
 # The embedding API, from C.

@@ -6,10 +6,12 @@
 #   curl     one curl process per probe (N=CURL_N only: a curl process costs
 #            milliseconds of CPU, N=600 would need more cores than this machine has)
 #   kubelua0 kubelua with the prober's tick off (TICK=0): every probe wakes the loop
+#   prober   peer_prober.lua: N pods run by a kubelua.prober manager (the whole
+#            policy: workers, thresholds, results, metrics), not only the engine
 #   floor    peer_floor.c: raw sockets on epoll, no HTTP library (the kernel's share)
 #   curlmulti  peer_curlmulti.c: a C loop on libcurl's multi interface
 # Usage: bench/probe/run.sh [BUILD_DIR]   (env: SECS=12 WARMUP=3 NS="600 3000 10000" CURL_N=20
-#        NGINX_WORKERS=2 PEERS="kubelua kubelua0 go floor curlmulti curl" NGINX_CPUS= CLIENT_CPUS=
+#        NGINX_WORKERS=2 PEERS="kubelua kubelua0 prober go floor curlmulti curl" NGINX_CPUS= CLIENT_CPUS=
 #        KUBELUA_ALT= NADDR=32 TICK=<prober.TICK> RESULTS=bench/results CHECK=)
 # CHECK=1: exit 1 unless every peer completed probes and none failed (the
 # ctest smoke run, bench.probe.smoke).
@@ -30,7 +32,7 @@ SECS=${SECS:-12}
 WARMUP=${WARMUP:-3}
 NS=${NS:-"600 3000 10000"}
 CURL_N=${CURL_N:-20}
-PEERS=${PEERS:-"kubelua kubelua0 go floor curlmulti curl"}
+PEERS=${PEERS:-"kubelua kubelua0 prober go floor curlmulti curl"}
 NADDR=${NADDR:-32}
 TICK=${TICK:-$("$build/kubelua" -e 'return require("kubelua.prober").TICK')}
 pin() { # pin CPUS command...: run on those CPUs when CPUS is set
@@ -85,6 +87,7 @@ for n in $NS; do
     tick=$("$build/kubelua" -e "return require('kubelua.prober').tick_for($n, $TICK)")
     has_peer kubelua && run kubelua "$n" "$build/kubelua" run "$here/peer_kubelua.lua" "${args[@]}" "$TICK"
     has_peer kubelua0 && run kubelua0 "$n" "$build/kubelua" run "$here/peer_kubelua.lua" "${args[@]}" 0
+    has_peer prober && run prober "$n" "$build/kubelua" run "$here/peer_prober.lua" "${args[@]}"
     if [ -n "${KUBELUA_ALT:-}" ]; then
         run alt "$n" "$KUBELUA_ALT" run "$here/peer_kubelua.lua" "${args[@]}" "$TICK"
     fi
