@@ -43,15 +43,7 @@ local function code(s)
   return ticks .. pad .. s .. pad .. ticks
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = require("kubelua.gc.store").read_file -- text | nil, err
 
 local function lines_of(text)
   local t = {}

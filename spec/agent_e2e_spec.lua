@@ -4,36 +4,14 @@
 -- stops the agent and leaves pods running; a bad config is refused whole.
 local t = require "spec.t"
 local S = require "spec.support"
-local cri = require "kubelua.cri"
 local http = require "kubelua.http"
 
-local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
-local KUBELUA = S.sh("readlink -f /proc/" .. S.sh("echo $PPID") .. "/exe")
-local rt = assert(cri.connect(ctd.endpoint))
-local dir = S.tmpdir("agent")
-local pods, logs = dir .. "/manifests", dir .. "/logs"
-S.sh("mkdir -p '" .. pods .. "' '" .. logs .. "'")
-local NODE = "agent-e2e-" .. tostring(os.time() % 100000)
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local A = S.agent_env("agent", "agent-e2e")
+local KUBELUA, rt, dir, pods, NODE = A.bin, A.rt, A.dir, A.pods, A.node
+local write = S.write_file
 
 local function manifest(cmd)
-  return string.format([[
-apiVersion: v1
-kind: Pod
-metadata: {name: web}
-spec:
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: app
-    image: kubelua.local/busybox:latest
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", %q]
-]], cmd)
+  return S.manifest("web", cmd)
 end
 
 -- our pod's running containers (by the node-suffixed pod name)
@@ -50,18 +28,7 @@ local function running(name)
 end
 
 local port = 20000 + math.random(0, 9999)
-local cfgfile = dir .. "/agent.yaml"
-write(cfgfile, string.format([[
-containerRuntimeEndpoint: %s
-staticPodPath: %s
-podLogsDir: %s
-stateDir: %s/state
-nodeName: %s
-healthzPort: %d
-relistPeriod: 200ms
-containerGCPeriod: 1m
-fileCheckFrequency: 5s
-]], ctd.endpoint, pods, logs, dir, NODE, port))
+local cfgfile = A.config(port, "relistPeriod: 200ms\ncontainerGCPeriod: 1m\nfileCheckFrequency: 5s\n")
 
 local pid
 
@@ -125,11 +92,7 @@ t.describe("agent", function()
 
   t.it("cleanup", function()
     S.kill(pid, "TERM")
-    local sb = assert(rt:list_pod_sandbox{ filter = { label_selector = { ["io.kubernetes.pod.name"] = "web-" .. NODE } } })
-    for _, s in ipairs(sb.items) do
-      rt:stop_pod_sandbox{ pod_sandbox_id = s.id }
-      rt:remove_pod_sandbox{ pod_sandbox_id = s.id }
-    end
+    S.remove_sandboxes(rt, { ["io.kubernetes.pod.name"] = "web-" .. NODE })
     S.rm(dir)
   end)
 end)

@@ -8,33 +8,16 @@
 -- (tests/support/deps.sh installs it); without them this spec fails.
 local t = require "spec.t"
 local S = require "spec.support"
-local cri = require "kubelua.cri"
 local http = require "kubelua.http"
 local json = require "kubelua.json"
 local task = require "kubelua.task"
 
 local PROMTOOL, PROMETHEUS = "/usr/bin/promtool", "/usr/bin/prometheus"
 
-local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
-local KUBELUA = S.sh("readlink -f /proc/" .. S.sh("echo $PPID") .. "/exe")
-local rt = assert(cri.connect(ctd.endpoint))
-local dir = S.tmpdir("agent-metrics")
-local pods, logs = dir .. "/manifests", dir .. "/logs"
-S.sh("mkdir -p '" .. pods .. "' '" .. logs .. "'")
-local NODE = "mx-e2e-" .. tostring(os.time() % 100000)
+local A = S.agent_env("agent-metrics", "mx-e2e")
+local KUBELUA, rt, dir, pods, NODE = A.bin, A.rt, A.dir, A.pods, A.node
 local POD = "mx-" .. NODE
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
--- a loopback TCP port nobody listens on (asked from the kernel)
-local function free_port()
-  local out = S.sh([[/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])']])
-  return assert(tonumber(out), "no free port: " .. tostring(out))
-end
+local write, free_port = S.write_file, S.free_port
 
 local function urlencode(s)
   return (s:gsub("[^%w%-_%.~]", function(c) return string.format("%%%02X", c:byte()) end))
@@ -85,19 +68,12 @@ local function value(m, name, labels)
 end
 
 local port = free_port()
-local cfgfile = dir .. "/agent.yaml"
-write(cfgfile, string.format([[
-containerRuntimeEndpoint: %s
-staticPodPath: %s
-podLogsDir: %s
-nodeName: %s
-stateDir: %s/state
-healthzPort: %d
+local cfgfile = A.config(port, [[
 relistPeriod: 200ms
 containerGCPeriod: 2s
 fileCheckFrequency: 5s
 crashLoopBackOff: {initial: 1s, max: 2s}
-]], ctd.endpoint, pods, logs, NODE, dir, port))
+]])
 
 local MANIFEST = [[
 apiVersion: v1
@@ -327,11 +303,7 @@ scrape_configs:
     end
     stop(agent_pid)
     os.remove(pods .. "/mx.yaml")
-    local sb = assert(rt:list_pod_sandbox{ filter = { label_selector = { ["io.kubernetes.pod.name"] = POD } } })
-    for _, s in ipairs(sb.items) do
-      rt:stop_pod_sandbox{ pod_sandbox_id = s.id }
-      rt:remove_pod_sandbox{ pod_sandbox_id = s.id }
-    end
+    S.remove_sandboxes(rt, { ["io.kubernetes.pod.name"] = POD })
     task.sleep(0.1)
     S.rm(dir)
   end)

@@ -8,27 +8,16 @@
 local t = require "spec.t"
 local S = require "spec.support"
 local task = require "kubelua.task"
-local cri = require "kubelua.cri"
 local http = require "kubelua.http"
 local json = require "kubelua.json"
 local pretty = require "kubelua.pretty"
 
-local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
-local KUBELUA = S.sh("readlink -f /proc/" .. S.sh("echo $PPID") .. "/exe")
-local rt = assert(cri.connect(ctd.endpoint))
-local dir = S.tmpdir("attach")
-local pods, logs, state = dir .. "/manifests", dir .. "/logs", dir .. "/state"
-S.sh("mkdir -p '" .. pods .. "' '" .. logs .. "'")
+local A = S.agent_env("attach", "attach-e2e")
+local KUBELUA, rt, dir, pods, state, NODE = A.bin, A.rt, A.dir, A.pods, A.state, A.node
 local sock = state .. "/control.sock"
-local NODE = "attach-e2e-" .. tostring(os.time() % 100000)
 math.randomseed(os.time() + (tonumber(dir:match("([%w]+)$"), 36) or 0) % 100000)
 local port = 20000 + math.random(0, 9999)
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write = S.write_file
 
 local function q(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
@@ -40,19 +29,7 @@ local function attach(code, prefix, flags)
 end
 
 local function manifest(name, cmd, policy)
-  return string.format([[
-apiVersion: v1
-kind: Pod
-metadata: {name: %s}
-spec:
-  terminationGracePeriodSeconds: 2
-  restartPolicy: %s
-  containers:
-  - name: app
-    image: kubelua.local/busybox:latest
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", %q]
-]], name, policy or "Always", cmd)
+  return S.manifest(name, cmd, { restartPolicy = policy or "Always" })
 end
 
 local function containers(pod, state_name)
@@ -62,19 +39,12 @@ local function containers(pod, state_name)
   return r.containers
 end
 
-local cfgfile = dir .. "/agent.yaml"
-write(cfgfile, string.format([[
-containerRuntimeEndpoint: %s
-staticPodPath: %s
-podLogsDir: %s
-stateDir: %s
-nodeName: %s
-healthzPort: %d
+local cfgfile = A.config(port, [[
 relistPeriod: 200ms
 containerGCPeriod: 1h
 fileCheckFrequency: 2s
 crashLoopBackOff: {initial: 1s, max: 2s}
-]], ctd.endpoint, pods, logs, state, NODE, port))
+]])
 
 local pid
 local function agent_log()
@@ -244,25 +214,26 @@ end]])
     local function keys(s, literal)
       tmux("send-keys -t " .. session .. (literal and " -l " or " ") .. q(s))
     end
+    local function shows(want, secs)
+      t.ok(S.wait_for(function() return screen():find(want, 1, true) end, secs or 5), screen())
+    end
+    -- types `line` and Enter; `want` shows
+    local function enter(line, want)
+      keys(line, true)
+      keys("Enter")
+      shows(want)
+    end
     tmux(string.format("new-session -d -s %s -x 150 -y 40 \"env HOME=%s %s attach --socket %s\"",
       session, dir, KUBELUA, sock))
     local ok, err = pcall(function()
-      t.ok(S.wait_for(function() return screen():find("kubelua@" .. NODE .. ">", 1, true) end, 10), screen())
+      shows("kubelua@" .. NODE .. ">", 10)
       keys("agent.gc:pl", true)
       keys("Tab")
-      t.ok(S.wait_for(function() return screen():find("agent.gc:plan", 1, true) end, 5), screen())
-      keys("().dry_run", true)
-      keys("Enter")
-      t.ok(S.wait_for(function() return screen():find("().dry_run\ntrue", 1, true) end, 5), screen())
-      keys("for i = 1, 3 do", true)
-      keys("Enter")
-      t.ok(S.wait_for(function() return screen():find("  ...>", 1, true) end, 5), screen())
-      keys("print('line ' .. i) end", true)
-      keys("Enter")
-      t.ok(S.wait_for(function() return screen():find("line 3", 1, true) end, 5), screen())
-      keys("pod('web-" .. NODE .. "').status.phase", true)
-      keys("Enter")
-      t.ok(S.wait_for(function() return screen():find('"Running"', 1, true) end, 5), screen())
+      shows("agent.gc:plan")
+      enter("().dry_run", "().dry_run\ntrue")
+      enter("for i = 1, 3 do", "  ...>")
+      enter("print('line ' .. i) end", "line 3")
+      enter("pod('web-" .. NODE .. "').status.phase", '"Running"')
       keys("C-d")
       t.ok(S.wait_for(function() return not select(2, tmux("has-session -t " .. session)) end, 5),
         "Ctrl-D leaves")
@@ -279,12 +250,7 @@ end]])
   t.it("cleanup", function()
     S.kill(pid, "KILL")
     for _, name in ipairs({ "web", "late", "crash" }) do
-      local sb = assert(rt:list_pod_sandbox{ filter = { label_selector = {
-        ["io.kubernetes.pod.name"] = name .. "-" .. NODE } } })
-      for _, s in ipairs(sb.items) do
-        rt:stop_pod_sandbox{ pod_sandbox_id = s.id }
-        rt:remove_pod_sandbox{ pod_sandbox_id = s.id }
-      end
+      S.remove_sandboxes(rt, { ["io.kubernetes.pod.name"] = name .. "-" .. NODE })
     end
     S.rm(dir)
   end)

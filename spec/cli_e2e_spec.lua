@@ -4,21 +4,13 @@
 -- and stderr for a missing object, a wrong endpoint and bad flags.
 local t = require "spec.t"
 local S = require "spec.support"
-local cri = require "kubelua.cri"
 local json = require "kubelua.json"
 local task = require "kubelua.task"
 
-local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
+local ctd, rt = S.runtime({ timeout = 30 })
 local IMAGE = "kubelua.local/busybox:latest"
-local rt = assert(cri.connect(ctd.endpoint, { timeout = 30 }))
 
-local KUBELUA = S.ROOT .. "/build/kubelua"
-do -- the binary running this spec is the one under test
-  local exe = S.sh("readlink -f /proc/" .. S.sh("echo $PPID") .. "/exe")
-  if exe:match("/kubelua$") then
-    KUBELUA = exe
-  end
-end
+local KUBELUA = S.kubelua_bin()
 
 local tmp = S.tmpdir("cli")
 local logdir = tmp .. "/logs"

@@ -5,25 +5,16 @@
 -- shared runtime), so leftovers of other specs are neither touched nor counted.
 local t = require "spec.t"
 local S = require "spec.support"
-local cri = require "kubelua.cri"
 local gc = require "kubelua.gc"
 local config = require "kubelua.config"
 
-local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
+local ctd, rt = S.runtime({ timeout = 30 })
 local IMAGE = "kubelua.local/busybox:latest"
-local rt = assert(cri.connect(ctd.endpoint, { timeout = 30 }))
 local RUN = "gc-e2e-" .. os.time() .. "-" .. math.random(1e6)
 
 -- The runtime as the GC sees it: only containers and sandboxes of this run.
 local function scoped()
-  local view = setmetatable({}, { __index = function(_, k)
-    local f = rt[k]
-    if type(f) == "function" then
-      return function(_, ...)
-        return f(rt, ...)
-      end
-    end
-  end })
+  local view = S.runtime_view(rt)
   local function scope(req)
     local r = {}
     for k, v in pairs(req or {}) do

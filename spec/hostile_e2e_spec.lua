@@ -8,47 +8,22 @@
 -- The entry points without a runtime are in spec/hostile_spec.lua.
 local t = require "spec.t"
 local S = require "spec.support"
-local cri = require "kubelua.cri"
 local http = require "kubelua.http"
 local json = require "kubelua.json"
 local k8s = require "kubelua.k8s"
 local server = require "kubelua.server"
 local task = require "kubelua.task"
 
-local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
-local KUBELUA = os.getenv("KUBELUA_TEST_BIN")
-if not KUBELUA or KUBELUA == "" then
-  KUBELUA = S.sh("readlink -f /proc/" .. S.sh("echo $PPID") .. "/exe")
-end
-local rt = assert(cri.connect(ctd.endpoint))
-local DIR = S.tmpdir("hostile-e2e")
-local PODS, LOGS = DIR .. "/manifests", DIR .. "/logs"
-S.sh(string.format("mkdir -p '%s' '%s'", PODS, LOGS))
-local NODE = "hostile-" .. tostring(os.time() % 100000)
+local A = S.agent_env("hostile-e2e", "hostile")
+A.state = A.dir
+local KUBELUA, rt, DIR, PODS, NODE = A.bin, A.rt, A.dir, A.pods, A.node
 local TOKEN = "kl-api-token-" .. tostring(os.time()) .. "-Hq4"
 local URL_SECRET = "kl-url-secret-" .. tostring(os.time()) .. "-Pw7"
 local LOG = DIR .. "/agent.log"
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
+local write = S.write_file
 
 local function manifest(name)
-  return string.format([[
-apiVersion: v1
-kind: Pod
-metadata: {name: %s}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: kubelua.local/busybox:latest
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-]], name)
+  return S.manifest(name, "trap 'exit 0' TERM; while true; do sleep 1; done", { grace = 1 })
 end
 
 -- running containers of a pod (by the pod name the runtime sees)
@@ -69,25 +44,14 @@ end
 -- ------------------------------------------------------------ the fake peers
 
 -- The API server (HTTPS, bearer token), as in spec/k8s_spec.lua.
-local api_proc = assert(io.popen(string.format(
-  "exec /usr/bin/python3 '%s/tests/support/fake_apiserver.py' --dir '%s' --token '%s' --bookmark-interval 3600",
-  S.ROOT, DIR, TOKEN)))
-local API_PORT, API_PID = (api_proc:read("*l") or ""):match("^(%d+) (%d+)$")
-assert(API_PORT, "the fake API server did not start")
-local API = "https://127.0.0.1:" .. API_PORT
-local KUBECONFIG = write(DIR .. "/kubeconfig", assert(json.encode({
-  apiVersion = "v1", kind = "Config", ["current-context"] = "fake",
-  clusters = { { name = "fake", cluster = { server = API, ["certificate-authority"] = DIR .. "/ca.crt" } } },
-  users = { { name = "u", user = { token = TOKEN } } },
-  contexts = { { name = "fake", context = { cluster = "fake", user = "u", namespace = "default" } } },
-})))
+local api_srv = S.fake_apiserver(DIR, TOKEN)
+local KUBECONFIG = api_srv.kubeconfig("kubeconfig", { ["certificate-authority"] = DIR .. "/ca.crt" })
 local api = assert(k8s.connect{ kubeconfig = KUBECONFIG })
 
 local function api_ctl(what, body)
-  local r = assert(http.request{ url = API .. "/_control/" .. what, method = "POST", body = body or "",
-    ca_file = DIR .. "/ca.crt", timeout = 60 })
+  local v, r = api_srv.control(what, body, 60)
   assert(r.status == 200, r.body)
-  return json.decode(r.body)
+  return v
 end
 
 -- The URL source: served from this process; `url_body` is what it answers.
@@ -112,22 +76,16 @@ do
   PORT = probe:port()
   probe:close()
 end
-local CFG = write(DIR .. "/agent.yaml", string.format([[
-containerRuntimeEndpoint: %s
-staticPodPath: %s
+local CFG = A.config(PORT, string.format([[
 staticPodURL: %s
 staticPodURLHeader:
   Authorization: ["Bearer %s"]
 httpCheckFrequency: 1s
 kubeconfig: %s
-podLogsDir: %s
-stateDir: %s
-nodeName: %s
-healthzPort: %d
 relistPeriod: 500ms
 containerGCPeriod: 1m
 fileCheckFrequency: 5s
-]], ctd.endpoint, PODS, URL, URL_SECRET, KUBECONFIG, LOGS, DIR, NODE, PORT))
+]], URL, URL_SECRET, KUBECONFIG))
 
 local pid
 
@@ -263,8 +221,7 @@ t.describe("a running agent under hostile input", function()
     t.match(log(), "pods are left running")
     url_srv:close()
     t.allow_parked(-1)
-    os.execute("kill " .. API_PID)
-    api_proc:close()
+    api_srv.stop()
     local sb = assert(rt:list_pod_sandbox{})
     for _, s in ipairs(sb.items) do
       local name = s.metadata and s.metadata.name or ""

@@ -23,21 +23,8 @@ local fakeclock = require "kubelua.prober.fakeclock"
 local DIR = S.tmpdir("hostile")
 local SECRET = "s3cr3t-Zq9-" .. tostring(os.time())
 
--- The kubelua binary under test (under valgrind /proc/PID/exe is valgrind's).
-local KUBELUA = os.getenv("KUBELUA_TEST_BIN")
-if not KUBELUA or KUBELUA == "" then
-  KUBELUA = S.sh("readlink -f /proc/" .. S.sh("echo $PPID") .. "/exe")
-  if not KUBELUA:match("/kubelua$") then
-    KUBELUA = S.ROOT .. "/build/kubelua"
-  end
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
+local KUBELUA = S.kubelua_bin() -- under valgrind /proc/PID/exe is valgrind's: $KUBELUA_TEST_BIN
+local write = S.write_file
 
 -- A billion-laughs document: 9 levels of 9 aliases to the level below.
 local function bomb(prefix)

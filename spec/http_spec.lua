@@ -4,21 +4,17 @@
 -- leaves the machine: proxies are off unless asked for, and the one failure
 -- that would need a resolver (DNS) is checked through the code mapping only.
 local t = require "spec.t"
+local S = require "spec.support"
 local http = require "kubelua.http"
 local core = require "kubelua.core"
 local task = require "kubelua.task"
-local ffi = require "ffi"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local SERVER = here .. "/../tests/support/http_server.py"
 local SOCK = os.tmpname()
 os.remove(SOCK)
 SOCK = SOCK .. ".sock"
 
-local server = assert(io.popen(string.format("exec /usr/bin/python3 '%s' --unix '%s'", SERVER, SOCK)))
-local line = server:read("*l")
-local PORT, PID, CLOSED_PORT = (line or ""):match("^(%d+) (%d+) (%d+)$")
-assert(PORT, "the test server did not start (got " .. tostring(line) .. ")")
+local server = S.python_server("http_server.py", "--unix '" .. SOCK .. "'")
+local PORT, CLOSED_PORT = server.port, server.fields[3]
 local BASE = "http://127.0.0.1:" .. PORT
 
 local function stats()
@@ -29,18 +25,6 @@ local function stats()
     open[port] = true
   end
   return { active = tonumber(a), aborted = tonumber(b), started = tonumber(c), open = open }
-end
-
--- Poll pred() every 20 ms for up to `secs`; its last value.
-local function wait_for(pred, secs)
-  local deadline = core.monotime() + (secs or 3)
-  while core.monotime() < deadline do
-    if pred() then
-      return true
-    end
-    task.sleep(0.02)
-  end
-  return pred()
 end
 
 local function timed(f, ...)
@@ -185,9 +169,9 @@ t.describe("failures", function()
     t.eq(code, "TIMEOUT")
     t.match(err, "^TIMEOUT: GET http://127%.0%.0%.1:" .. PORT .. "/slow%?secs=5: ")
     t.ok(elapsed >= 0.25 and elapsed < 2, "took " .. elapsed .. " s")
-    t.ok(wait_for(function()
+    t.ok(S.wait_for(function()
       return stats().aborted > before.aborted
-    end), "the server never saw the client go away")
+    end, 3, 0.02), "the server never saw the client go away")
   end)
   t.it("connection refused gives CONNECT, naming the URL", function()
     local r, err, code = http.get("http://127.0.0.1:" .. CLOSED_PORT .. "/x")
@@ -354,21 +338,17 @@ t.describe("bad arguments throw, naming the option", function()
     end)
   end)
   t.it("headers that are not headers", function()
-    throws("option headers: value of \"X%-A\" must be a string or number, got table$", function()
-      http.request { url = BASE, headers = { ["X-A"] = {} } }
-    end)
-    throws("option headers: a header contains CR", function()
-      http.request { url = BASE, headers = { ["X-A"] = "1\r\nX-Injected: 1" } }
-    end)
-    throws("option headers: a header contains CR", function()
-      http.request { url = BASE, headers = { "X-A: 1\nX-Injected: 1" } }
-    end)
-    throws("option headers: \"X A\" is not a valid header name$", function()
-      http.request { url = BASE, headers = { ["X A"] = "1" } }
-    end)
-    throws("option headers: entry 1 %(13 bytes%) is not a \"Name: value\" line$", function()
-      http.request { url = BASE, headers = { "no colon here" } }
-    end)
+    for _, c in ipairs { -- the error, the headers
+      { "option headers: value of \"X%-A\" must be a string or number, got table$", { ["X-A"] = {} } },
+      { "option headers: a header contains CR", { ["X-A"] = "1\r\nX-Injected: 1" } },
+      { "option headers: a header contains CR", { "X-A: 1\nX-Injected: 1" } },
+      { "option headers: \"X A\" is not a valid header name$", { ["X A"] = "1" } },
+      { "option headers: entry 1 %(13 bytes%) is not a \"Name: value\" line$", { "no colon here" } },
+    } do
+      throws(c[1], function()
+        http.request { url = BASE, headers = c[2] }
+      end)
+    end
   end)
   t.it("errors point at the caller's line, once", function()
     local line = debug.getinfo(1, "l").currentline + 2
@@ -399,74 +379,32 @@ t.describe("bad arguments throw, naming the option", function()
   end)
 end)
 
--- A second host in this process, driven through the embedding API with the
--- FFI (the binary exports its symbols): lets a test free a host while one of
--- its tasks is parked in http.request, which is what shutdown does.
-ffi.cdef [[
-typedef struct kl_host kl_host;
-typedef struct lua_State lua_State;
-kl_host *kl_host_new(const void *opts);
-void kl_host_free(kl_host *h);
-int kl_host_spawn_string(kl_host *h, const char *code, const char *chunkname);
-void *kl_host_loop(kl_host *h);
-lua_State *kl_host_lua(kl_host *h);
-int kl__parked_count(kl_host *h);
-int uv_run(void *loop, int mode);
-int uv_loop_alive(const void *loop);
-void lua_getfield(lua_State *L, int idx, const char *k);
-const char *lua_tolstring(lua_State *L, int idx, size_t *len);
-void lua_settop(lua_State *L, int idx);
-]]
-local C = ffi.C
-local UV_RUN_NOWAIT, LUA_GLOBALSINDEX = 2, -10002
-
-local function nested(code)
-  local h = C.kl_host_new(nil)
-  assert(h ~= nil)
-  assert(C.kl_host_spawn_string(h, "BASE = " .. string.format("%q", BASE) .. "\n" .. code, "=nested") == 0)
-  local self = { h = h, loop = C.kl_host_loop(h) }
-  function self.global(name)
-    local L = C.kl_host_lua(h)
-    C.lua_getfield(L, LUA_GLOBALSINDEX, name)
-    local s = C.lua_tolstring(L, -1, nil)
-    s = s ~= nil and ffi.string(s) or nil
-    C.lua_settop(L, -2)
-    return s
-  end
-  -- Turn its loop (never blocking) until pred() holds, for up to `secs`.
-  function self.drive(pred, secs)
-    return wait_for(function()
-      C.uv_run(self.loop, UV_RUN_NOWAIT)
-      return pred()
-    end, secs)
-  end
-  return self
-end
-
+-- S.nested_host: a second host in this process, freed while its task waits
+-- (what shutdown does).
 t.describe("lifetime", function()
   t.it("an idle keep-alive connection does not keep the loop alive; freeing the host closes it", function()
-    local n = nested [[
+    local n = S.nested_host([[
       local http = require "kubelua.http"
       require("kubelua.core").spawn(function()
         local a = assert(http.get(BASE .. "/whoami")).body
         local b = assert(http.get(BASE .. "/whoami")).body
         state = a == b and a or "not reused"
       end)
-    ]]
+    ]], { BASE = BASE })
     t.ok(n.drive(function()
-      return n.global("state") ~= nil and C.uv_loop_alive(n.loop) == 0
-    end), "state " .. tostring(n.global("state")) .. ", loop alive " .. C.uv_loop_alive(n.loop))
+      return n.global("state") ~= nil and n.alive() == 0
+    end), "state " .. tostring(n.global("state")) .. ", loop alive " .. n.alive())
     local port = n.global("state")
     t.match(port, "^%d+$", "the connection stayed open between the requests")
     t.ok(stats().open[port], "the idle connection is open")
-    C.kl_host_free(n.h)
-    t.ok(wait_for(function()
+    n.free()
+    t.ok(S.wait_for(function()
       return not stats().open[port]
-    end), "freeing the host left the cached connection open")
+    end, 3, 0.02), "freeing the host left the cached connection open")
   end)
   t.it("freeing a host with a task parked in a request cancels it: no resume, socket closed", function()
     local before = stats()
-    local n = nested [[
+    local n = S.nested_host([[
       local http = require "kubelua.http"
       require("kubelua.core").spawn(function()
         assert(http.get(BASE .. "/hello"))
@@ -474,22 +412,21 @@ t.describe("lifetime", function()
         local r, err = http.get(BASE .. "/slow?secs=30", { timeout = 60 })
         state = "resumed: " .. tostring(err) -- must never run
       end)
-    ]]
+    ]], { BASE = BASE })
     t.ok(n.drive(function()
       return n.global("state") == "waiting" and stats().started > before.started
     end), "the nested request did not reach the server")
-    t.eq(C.kl__parked_count(n.h), 1)
-    C.kl_host_free(n.h)
-    t.ok(wait_for(function()
+    t.eq(n.parked(), 1)
+    n.free()
+    t.ok(S.wait_for(function()
       return stats().aborted > before.aborted
-    end), "the server still has the connection: the easy handle was not released")
+    end, 3, 0.02), "the server still has the connection: the easy handle was not released")
   end)
 end)
 
 t.describe("test server", function()
   t.it("stops", function()
-    os.execute("kill " .. PID)
-    local ok, how, status = server:close()
+    local ok, how, status = server.stop()
     os.remove(SOCK)
     -- LuaJIT's close of a popen handle returns true, "exit"|"signal", code
     t.ok(ok ~= nil, tostring(how) .. " " .. tostring(status))

@@ -2,41 +2,24 @@
 -- HTTP/1.1 server on 127.0.0.1: tests/support/poll_server.py, started here
 -- and stopped by the last test (it also exits when this process goes away).
 local t = require "spec.t"
+local S = require "spec.support"
 local http = require "kubelua.http"
 local core = require "kubelua.core"
 local task = require "kubelua.task"
-local ffi = require "ffi"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local SERVER = here .. "/../tests/support/poll_server.py"
-
-local server = assert(io.popen(string.format("exec /usr/bin/python3 '%s'", SERVER)))
-local line = server:read("*l")
-local PORT, PID = (line or ""):match("^(%d+) (%d+)$")
-assert(PORT, "the test server did not start (got " .. tostring(line) .. ")")
-local BASE = "http://127.0.0.1:" .. PORT
-
--- A loopback port nothing listens on.
-local CLOSED_PORT = (function()
-  local sock = io.popen("/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); print(s.getsockname()[1])'")
-  local p = sock:read("*l")
-  sock:close()
-  return p
-end)()
-
-local function wait_for(pred, secs)
-  local deadline = core.monotime() + (secs or 3)
-  while core.monotime() < deadline do
-    if pred() then
-      return true
-    end
-    task.sleep(0.02)
-  end
-  return pred()
-end
+local server = S.python_server("poll_server.py")
+local BASE = "http://127.0.0.1:" .. server.port
+local CLOSED_PORT = S.free_port()
 
 local function gone()
   return tonumber(assert(http.get(BASE .. "/_gone")).body)
+end
+
+-- t.ok that the server sees more than `n` clients gone within 3 s.
+local function gone_beyond(n, msg)
+  t.ok(S.wait_for(function()
+    return gone() > n
+  end, 3, 0.02), msg)
 end
 
 -- Read a stream to its end: the pieces, then the final (nil, err, code).
@@ -76,9 +59,7 @@ t.describe("request{stream = true}", function()
     t.eq(resp.status, 200)
     t.eq(resp:done(), false)
     resp:close()
-    t.ok(wait_for(function()
-      return gone() > before
-    end), "the server did not see the client go away")
+    gone_beyond(before, "the server did not see the client go away")
   end)
   t.it("a body with Content-Length streams too", function()
     local resp = assert(http.request { url = BASE .. "/stream/length", stream = true })
@@ -184,15 +165,13 @@ t.describe("open()", function()
     task.sleep(0.2)
     t.eq(got, nil, "still waiting")
     s:close()
-    t.ok(wait_for(function()
+    t.ok(S.wait_for(function()
       return got ~= nil
-    end), "the waiting task was not resumed")
+    end, 3, 0.02), "the waiting task was not resumed")
     t.eq(got[1], nil)
     t.eq(got[3], "CANCELLED")
     t.match(got[2], "^CANCELLED: GET .*/stream/nohead: the stream was closed")
-    t.ok(wait_for(function()
-      return gone() > before
-    end), "the server still has the connection")
+    gone_beyond(before, "the server still has the connection")
   end)
   t.it("close() while another task is parked in read()", function()
     local resp = assert(http.request { url = BASE .. "/stream/hold", stream = true })
@@ -204,9 +183,9 @@ t.describe("open()", function()
     t.eq(core.parked_count(), 1)
     resp:close()
     resp:close() -- twice is fine
-    t.ok(wait_for(function()
+    t.ok(S.wait_for(function()
       return got ~= nil
-    end))
+    end, 3, 0.02))
     t.eq(got[3], "CANCELLED")
     local data, _, code = resp:read()
     t.eq({ data, code }, { nil, "CANCELLED" }, "reading a closed stream")
@@ -239,9 +218,7 @@ t.describe("open()", function()
     end
     collectgarbage()
     collectgarbage()
-    t.ok(wait_for(function()
-      return gone() > before
-    end), "the server still has the connection")
+    gone_beyond(before, "the server still has the connection")
   end)
   t.it("bad options throw, naming the option", function()
     t.fails(function()
@@ -281,50 +258,12 @@ t.describe("figures", function()
   end)
 end)
 
--- A second host in this process (the binary exports its symbols), to free it
--- while a stream is open: what shutdown does.
-ffi.cdef [[
-typedef struct kl_host kl_host;
-typedef struct lua_State lua_State;
-kl_host *kl_host_new(const void *opts);
-void kl_host_free(kl_host *h);
-int kl_host_spawn_string(kl_host *h, const char *code, const char *chunkname);
-void *kl_host_loop(kl_host *h);
-lua_State *kl_host_lua(kl_host *h);
-int kl__parked_count(kl_host *h);
-int uv_run(void *loop, int mode);
-void lua_getfield(lua_State *L, int idx, const char *k);
-const char *lua_tolstring(lua_State *L, int idx, size_t *len);
-void lua_settop(lua_State *L, int idx);
-]]
-local C = ffi.C
-
-local function nested(code)
-  local h = C.kl_host_new(nil)
-  assert(h ~= nil)
-  assert(C.kl_host_spawn_string(h, "BASE = " .. string.format("%q", BASE) .. "\n" .. code, "=nested") == 0)
-  local self = { h = h, loop = C.kl_host_loop(h) }
-  function self.global(name)
-    local L = C.kl_host_lua(h)
-    C.lua_getfield(L, -10002, name)
-    local s = C.lua_tolstring(L, -1, nil)
-    s = s ~= nil and ffi.string(s) or nil
-    C.lua_settop(L, -2)
-    return s
-  end
-  function self.drive(pred, secs)
-    return wait_for(function()
-      C.uv_run(self.loop, 2)
-      return pred()
-    end, secs)
-  end
-  return self
-end
-
+-- S.nested_host: a second host in this process, freed while it has streams
+-- open (what shutdown does).
 t.describe("lifetime", function()
   t.it("freeing a host with a task parked in read(): no resume, connection closed", function()
     local before = gone()
-    local n = nested [[
+    local n = S.nested_host([[
       local http = require "kubelua.http"
       require("kubelua.core").spawn(function()
         local resp = assert(http.request { url = BASE .. "/stream/hold", stream = true })
@@ -332,47 +271,42 @@ t.describe("lifetime", function()
         local data, err = resp:read()
         state = "resumed: " .. tostring(err) -- must never run
       end)
-    ]]
+    ]], { BASE = BASE })
     t.ok(n.drive(function()
       return n.global("state") == "reading"
     end), "the nested stream did not start")
     n.drive(function()
       return false
     end, 0.1)
-    t.eq(C.kl__parked_count(n.h), 1)
-    C.kl_host_free(n.h)
-    t.ok(wait_for(function()
-      return gone() > before
-    end), "the server still has the connection")
+    t.eq(n.parked(), 1)
+    n.free()
+    gone_beyond(before, "the server still has the connection")
   end)
   t.it("freeing a host with open streams nobody waits on (headers pending, body pending)", function()
     local before = gone()
-    local n = nested [[
+    local n = S.nested_host([[
       local http = require "kubelua.http"
       require("kubelua.core").spawn(function()
         held = assert(http.request { url = BASE .. "/stream/hold", stream = true })
         pending = http.open { url = BASE .. "/stream/nohead" }
         state = "open"
       end)
-    ]]
+    ]], { BASE = BASE })
     t.ok(n.drive(function()
       return n.global("state") == "open"
     end))
     n.drive(function()
       return false
     end, 0.2)
-    t.eq(C.kl__parked_count(n.h), 0)
-    C.kl_host_free(n.h)
-    t.ok(wait_for(function()
-      return gone() >= before + 2
-    end), "the server still has a connection")
+    t.eq(n.parked(), 0)
+    n.free()
+    gone_beyond(before + 1, "the server still has a connection") -- both of them gone
   end)
 end)
 
 t.describe("test server", function()
   t.it("stops", function()
-    os.execute("kill " .. PID)
-    local ok = server:close()
+    local ok = server.stop()
     t.ok(ok ~= nil)
   end)
 end)

@@ -6,14 +6,12 @@
 -- images (a filtered view of ListImages), so other specs' images are safe.
 local t = require "spec.t"
 local S = require "spec.support"
-local cri = require "kubelua.cri"
 local task = require "kubelua.task"
 local image_gc = require "kubelua.image_gc"
 local testing = require "kubelua.testing"
 local sys = require "kubelua.sys"
 
-local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
-local rt = assert(cri.connect(ctd.endpoint, { timeout = 30 }))
+local ctd, rt = S.runtime({ timeout = 30 })
 local RUN = tostring(os.time()) .. math.random(1000, 9999)
 local PREFIX = "kubelua.local/gc" .. RUN .. "-"
 local function ref(name)
@@ -21,14 +19,7 @@ local function ref(name)
 end
 
 -- ListImages limited to this spec's images; everything else is the runtime.
-local view = setmetatable({}, { __index = function(_, k)
-  local f = rt[k]
-  if type(f) == "function" then
-    return function(_, ...)
-      return f(rt, ...)
-    end
-  end
-end })
+local view = S.runtime_view(rt)
 function view.list_images(_, req, opts)
   local r, err, code = rt:list_images(req, opts)
   if not r then

@@ -5,47 +5,22 @@ local S = require "spec.support"
 local k8s = require "kubelua.k8s"
 local json = require "kubelua.k8s.json"
 local managers = require "kubelua.k8s.managers"
-local http = require "kubelua.http"
 local core = require "kubelua.core"
 local task = require "kubelua.task"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local ROOT = here .. "/.."
 local TOKEN = "kl-managers-token-ZQ7x"
 local SECRET_VALUE = "aHVudGVyMi1zZWNyZXQtdmFsdWU=" -- base64 of a made-up password
 
 local DIR = S.tmpdir("k8s-managers")
-local server = assert(io.popen(string.format(
-  "exec /usr/bin/python3 '%s/tests/support/fake_apiserver.py' --dir '%s' --token '%s' --bookmark-interval 3600",
-  ROOT, DIR, TOKEN)))
-local line = server:read("*l")
-local PORT, PID = (line or ""):match("^(%d+) (%d+)$")
-assert(PORT, "the fake API server did not start (got " .. tostring(line) .. ")")
-local SERVER = "https://127.0.0.1:" .. PORT
-
-local KUBECONFIG = DIR .. "/kubeconfig"
-do
-  local f = assert(io.open(KUBECONFIG, "w"))
-  f:write(assert(json.encode {
-    apiVersion = "v1", kind = "Config", ["current-context"] = "fake",
-    clusters = { { name = "fake", cluster = { server = SERVER, ["certificate-authority"] = "ca.crt" } } },
-    users = { { name = "u", user = { token = TOKEN } } },
-    contexts = { { name = "fake", context = { cluster = "fake", user = "u" } } },
-  }))
-  f:close()
-end
+local server = S.fake_apiserver(DIR, TOKEN)
+local SERVER = server.url
+local KUBECONFIG = server.kubeconfig("kubeconfig")
 local api = assert(k8s.connect { kubeconfig = KUBECONFIG })
-
-local function ctl(what, body)
-  local r = assert(http.request { url = SERVER .. "/_control/" .. what, method = "POST", body = body or "",
-    ca_file = DIR .. "/ca.crt" })
-  return json.decode(r.body)
-end
+local ctl, wait_until = server.control, S.wait_until
 
 local function requests(pred)
-  local r = assert(http.get(SERVER .. "/_control/stats", { ca_file = DIR .. "/ca.crt" }))
   local out = {}
-  for _, q in ipairs(json.decode(r.body).requests) do
+  for _, q in ipairs(server.stats().requests) do
     if not pred or pred(q) then
       out[#out + 1] = q
     end
@@ -54,19 +29,10 @@ local function requests(pred)
 end
 
 local function server_watches()
-  local r = assert(http.get(SERVER .. "/_control/stats", { ca_file = DIR .. "/ca.crt" }))
-  return json.decode(r.body).watches
+  return server.stats().watches
 end
 
-local function wait_until(pred, secs, what)
-  t.ok(S.wait_for(pred, secs or 5, 0.01), what or "condition not reached in time")
-end
-
-local NS = 0
-local function fresh_ns()
-  NS = NS + 1
-  return "m" .. NS
-end
+local fresh_ns = S.namer("m") -- a namespace per test
 
 local function configmap(ns, name, data, extra)
   local o = { metadata = { name = name }, data = data or { k = "v" } }
@@ -379,9 +345,7 @@ t.describe("strategies", function()
     t.eq(select(3, m:get_secret(ns, "cfg")), "NOT_REGISTERED")
     -- The same with logging on, in a process of its own: a corrupt event line
     -- on the secret's watch, then a failing list.
-    local script = DIR .. "/secret-noise.lua"
-    local f = assert(io.open(script, "w"))
-    f:write(string.format([[
+    local out, ok = S.run_lua(DIR .. "/secret-noise.lua", string.format([[
       local k8s = require "kubelua.k8s"
       local managers = require "kubelua.k8s.managers"
       local http = require "kubelua.http"
@@ -405,9 +369,6 @@ t.describe("strategies", function()
       ctl("config", '{"fail":[]}')
       print("done")
     ]], KUBECONFIG, ns, ns, SERVER, DIR .. "/ca.crt", SECRET_VALUE, ns, ns))
-    f:close()
-    local exe = S.sh("readlink /proc/$PPID/exe")
-    local out, ok = S.sh(string.format("cd '%s' && '%s' run '%s'", ROOT, exe, script))
     t.ok(ok, out)
     t.match(out, "DECODE: watch /api/v1/namespaces/" .. ns .. "/secrets: malformed JSON in an event line")
     t.match(out, "not shown: the path holds secrets")
@@ -441,11 +402,4 @@ t.describe("strategies", function()
   end)
 end)
 
-t.describe("fake API server", function()
-  t.it("stops", function()
-    os.execute("kill " .. PID)
-    server:close()
-    S.rm(DIR)
-    t.ok(not S.exists(DIR))
-  end)
-end)
+server.describe_stop()

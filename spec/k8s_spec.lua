@@ -7,50 +7,16 @@ local S = require "spec.support"
 local k8s = require "kubelua.k8s"
 local json = require "kubelua.k8s.json"
 local config = require "kubelua.k8s.config"
-local http = require "kubelua.http"
 local core = require "kubelua.core"
 local task = require "kubelua.task"
 local pretty = require "kubelua.pretty"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local ROOT = here .. "/.."
 local TOKEN = "kl-test-token-" .. tostring(os.time()) .. "-ZQ7x"
 
 local DIR = S.tmpdir("k8s")
-local server = assert(io.popen(string.format(
-  "exec /usr/bin/python3 '%s/tests/support/fake_apiserver.py' --dir '%s' --token '%s' --bookmark-interval 3600",
-  ROOT, DIR, TOKEN)))
-local line = server:read("*l")
-local PORT, PID = (line or ""):match("^(%d+) (%d+)$")
-assert(PORT, "the fake API server did not start (got " .. tostring(line) .. ")")
-local SERVER = "https://127.0.0.1:" .. PORT
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
--- A JSON kubeconfig; `cluster` and `user` replace the defaults' fields.
-local function kubeconfig(name, cluster, user, extra)
-  local c = { server = SERVER, ["certificate-authority"] = "ca.crt" }
-  for k, v in pairs(cluster or {}) do
-    c[k] = v ~= false and v or nil
-  end
-  local u = user or { token = TOKEN }
-  local doc = {
-    apiVersion = "v1", kind = "Config", ["current-context"] = "fake",
-    clusters = { { name = "fake", cluster = c } },
-    users = { { name = "u", user = u } },
-    contexts = { { name = "fake", context = { cluster = "fake", user = "u", namespace = "default" } } },
-  }
-  for k, v in pairs(extra or {}) do
-    doc[k] = v
-  end
-  local path = DIR .. "/" .. name
-  write(path, assert(json.encode(doc)))
-  return path
-end
+local server = S.fake_apiserver(DIR, TOKEN)
+local PORT, SERVER = server.port, server.url
+local write, kubeconfig, stats = S.write_file, server.kubeconfig, server.stats
 
 local KUBECONFIG = kubeconfig("kubeconfig")
 local api = assert(k8s.connect { kubeconfig = KUBECONFIG })
@@ -68,15 +34,9 @@ local function seen(...)
 end
 
 local function ctl(what, body)
-  local r = assert(http.request { url = SERVER .. "/_control/" .. what, method = "POST", body = body or "",
-    ca_file = DIR .. "/ca.crt" })
+  local v, r = server.control(what, body)
   assert(r.status == 200, r.body)
-  return json.decode(r.body)
-end
-
-local function stats()
-  local r = assert(http.get(SERVER .. "/_control/stats", { ca_file = DIR .. "/ca.crt" }))
-  return assert(json.decode(r.body))
+  return v
 end
 
 local function watch_requests()
@@ -98,12 +58,7 @@ local function pod(name, node, labels, extra)
   return p
 end
 
-local NS = 0
--- A fresh namespace name per test, so tests do not see each other's objects.
-local function fresh_ns()
-  NS = NS + 1
-  return "ns" .. NS
-end
+local fresh_ns = S.namer("ns") -- a namespace per test
 
 local function create_pod(ns, name, node, labels)
   return assert(api:create(k8s.path("pods", ns), pod(name, node, labels)))
@@ -138,6 +93,17 @@ local function watch(path, opts)
   WATCHERS[#WATCHERS + 1] = w
   return w
 end
+
+-- A watch of `path` (opts added to its options) reporting to a new recorder:
+-- the watch and the recorder.
+local function recorded(path, opts)
+  local r = recorder()
+  local o = { on_event = r.on_event, on_error = r.on_error }
+  for k, v in pairs(opts or {}) do
+    o[k] = v
+  end
+  return watch(path, o), r
+end
 local function stop_watchers()
   for _, w in ipairs(WATCHERS) do
     w:stop()
@@ -146,8 +112,13 @@ local function stop_watchers()
   ctl("config", json.encode { gone_mode = "event", fail = json.array() })
 end
 
-local function wait_until(pred, secs, what)
-  t.ok(S.wait_for(pred, secs or 5, 0.01), what or "condition not reached in time")
+local wait_until = S.wait_until
+
+-- Wait until the recorder r has n events.
+local function events(r, n)
+  wait_until(function()
+    return #r.events == n
+  end)
 end
 
 -- Wait until the server has accepted w's watch request.
@@ -155,6 +126,20 @@ local function watching(w)
   wait_until(function()
     return w.state == "watching"
   end, 5, "the watch did not start (state " .. tostring(w.state) .. ")")
+end
+
+-- A recorded watch of the pods of a fresh namespace, accepted by the server
+-- (and with `first`, a pod of that name created and seen): the namespace,
+-- the watch and the recorder.
+local function watched(opts, first)
+  local ns = fresh_ns()
+  local w, r = recorded(k8s.path("pods", ns), opts)
+  watching(w)
+  if first then
+    create_pod(ns, first, "n1")
+    events(r, 1)
+  end
+  return ns, w, r
 end
 
 -- --------------------------------------------------------------------- JSON
@@ -541,8 +526,7 @@ t.describe("watch", function()
     local ns = fresh_ns()
     create_pod(ns, "before", "n1")
     ctl("reset")
-    local r = recorder()
-    local w = watch(k8s.path("pods", ns), { on_event = r.on_event, on_error = r.on_error, backoff = FAST })
+    local w, r = recorded(k8s.path("pods", ns), { backoff = FAST })
     wait_until(function()
       return w:synced() and w.state == "watching"
     end)
@@ -561,9 +545,7 @@ t.describe("watch", function()
       end
     end
     assert(api:delete(k8s.path("pods", ns, "p2")))
-    wait_until(function()
-      return #r.events == 15
-    end)
+    events(r, 15)
     local want = { "ADDED before" }
     for i = 1, 10 do
       want[#want + 1] = "ADDED p" .. i
@@ -587,30 +569,24 @@ t.describe("watch", function()
   end)
   t.it("a field selector: objects moving in and out of it are ADDED and DELETED", function()
     local ns = fresh_ns()
-    local r = recorder()
     ctl("reset")
-    local w = watch(k8s.path("pods", ns), { fieldSelector = "spec.nodeName=n1", on_event = r.on_event,
-      on_error = r.on_error, backoff = FAST })
+    local w, r = recorded(k8s.path("pods", ns), { fieldSelector = "spec.nodeName=n1", backoff = FAST })
     watching(w)
     create_pod(ns, "mine", "n1")
     create_pod(ns, "other", "n2")
     assert(api:patch(k8s.path("pods", ns, "other"), { spec = { nodeName = "n1" } }))
     assert(api:patch(k8s.path("pods", ns, "mine"), { spec = { nodeName = "n3" } }))
-    wait_until(function()
-      return #r.events == 3
-    end)
+    events(r, 3)
     t.eq(r.names(), { "ADDED mine", "ADDED other", "DELETED mine" })
     t.eq(stats().requests[2].query.fieldSelector, "spec.nodeName=n1")
     w:stop()
   end)
   t.it("bookmarks move the version; a re-watch starts from the bookmark's", function()
     local ns = fresh_ns()
-    local r = recorder()
     local bms = {}
-    local w = watch(k8s.path("pods", ns), { on_event = r.on_event, on_error = r.on_error, backoff = FAST,
-      on_bookmark = function(rv)
-        bms[#bms + 1] = rv
-      end })
+    local w, r = recorded(k8s.path("pods", ns), { backoff = FAST, on_bookmark = function(rv)
+      bms[#bms + 1] = rv
+    end })
     watching(w)
     create_pod(fresh_ns(), "elsewhere", "n1") -- moves the server's version, no event here
     local rv = ctl("bookmark").rv
@@ -630,15 +606,7 @@ t.describe("watch", function()
     w:stop()
   end)
   t.it("a clean end of the stream: watch again at once from the last version, no relist", function()
-    local ns = fresh_ns()
-    local r = recorder()
-    local w = watch(k8s.path("pods", ns), { on_event = r.on_event, on_error = r.on_error,
-      backoff = { initial = 5, jitter = 0 } })
-    watching(w)
-    create_pod(ns, "a", "n1")
-    wait_until(function()
-      return #r.events == 1
-    end)
+    local ns, w, r = watched({ backoff = { initial = 5, jitter = 0 } }, "a")
     ctl("reset")
     local t0 = core.monotime()
     ctl("close")
@@ -648,29 +616,17 @@ t.describe("watch", function()
     t.ok(core.monotime() - t0 < 1, "no backoff wait after a clean end")
     t.eq(watch_requests()[1].query.resourceVersion, r.events[1][3])
     create_pod(ns, "b", "n1")
-    wait_until(function()
-      return #r.events == 2
-    end)
+    events(r, 2)
     t.eq(w.stats.lists, 1)
     t.eq(r.errors, {})
     w:stop()
   end)
   t.it("an abrupt disconnect: reported, then resumed from the last version; what happened meanwhile arrives", function()
-    local ns = fresh_ns()
-    local r = recorder()
-    local w = watch(k8s.path("pods", ns), { on_event = r.on_event, on_error = r.on_error,
-      backoff = { initial = 0.3, jitter = 0 } })
-    watching(w)
-    create_pod(ns, "a", "n1")
-    wait_until(function()
-      return #r.events == 1
-    end)
+    local ns, w, r = watched({ backoff = { initial = 0.3, jitter = 0 } }, "a")
     ctl("disconnect")
     create_pod(ns, "b", "n1") -- while the client waits to reconnect
     assert(api:delete(k8s.path("pods", ns, "a")))
-    wait_until(function()
-      return #r.events == 3
-    end)
+    events(r, 3)
     t.eq(r.names(), { "ADDED a", "ADDED b", "DELETED a" })
     t.eq(#r.errors, 1)
     t.ok(r.errors[1][2] == "CLOSED" or r.errors[1][2] == "IO", r.errors[1][1])
@@ -713,11 +669,7 @@ t.describe("watch", function()
     w:stop()
   end)
   t.it("410 as an HTTP status: the same relist", function()
-    local ns = fresh_ns()
-    local r = recorder()
-    local w = watch(k8s.path("pods", ns), { on_event = r.on_event, on_error = r.on_error,
-      backoff = { initial = 0.3, jitter = 0 } })
-    watching(w)
+    local ns, w, r = watched({ backoff = { initial = 0.3, jitter = 0 } })
     ctl("config", json.encode { gone_mode = "http" })
     ctl("disconnect")
     create_pod(ns, "x", "n1")
@@ -730,10 +682,7 @@ t.describe("watch", function()
     w:stop()
   end)
   t.it("410 mid-stream (ERROR event on a live watch): relist", function()
-    local ns = fresh_ns()
-    local r = recorder()
-    local w = watch(k8s.path("pods", ns), { on_event = r.on_event, on_error = r.on_error, backoff = FAST })
-    watching(w)
+    local ns, w, r = watched({ backoff = FAST })
     ctl("expire")
     wait_until(function()
       return w.stats.lists == 2
@@ -744,14 +693,7 @@ t.describe("watch", function()
   end)
   local function bad_input(name, body, then_, pattern, code)
     t.it(name .. ": a clear error, then the watch recovers", function()
-      local ns = fresh_ns()
-      local r = recorder()
-      local w = watch(k8s.path("pods", ns), { on_event = r.on_event, on_error = r.on_error, backoff = FAST })
-      watching(w)
-      create_pod(ns, "before", "n1")
-      wait_until(function()
-        return #r.events == 1
-      end)
+      local ns, w, r = watched({ backoff = FAST }, "before")
       ctl("inject?then=" .. then_, body)
       wait_until(function()
         return #r.errors == 1
@@ -760,9 +702,7 @@ t.describe("watch", function()
       t.match(r.errors[1][1], "^" .. code .. ": watch /api/v1/namespaces/" .. ns .. "/pods: ")
       t.match(r.errors[1][1], pattern)
       create_pod(ns, "after", "n1")
-      wait_until(function()
-        return #r.events == 2
-      end)
+      events(r, 2)
       t.eq(r.names(), { "ADDED before", "ADDED after" })
       t.eq(#r.errors, 1)
       w:stop()
@@ -783,8 +723,7 @@ t.describe("watch", function()
   bad_input("control bytes are escaped in the excerpt", '{"x":\1\2}\n', "none", '{"x":\\x01\\x02}', "DECODE")
   t.it("secrets: a bad line is reported by size only, never quoted", function()
     local ns = fresh_ns()
-    local r = recorder()
-    local w = watch(k8s.path("secrets", ns), { on_event = r.on_event, on_error = r.on_error, backoff = FAST })
+    local w, r = recorded(k8s.path("secrets", ns), { backoff = FAST })
     watching(w)
     ctl("inject", '{"type":"ADDED","object":{"data":{"password":"aHVudGVyMg=="}}\n')
     wait_until(function()
@@ -798,9 +737,7 @@ t.describe("watch", function()
     local ns = fresh_ns()
     ctl("config", json.encode { fail = { { path = "/namespaces/" .. ns .. "/pods?", status = 500, count = 3 } } })
     ctl("reset")
-    local r = recorder()
-    local w = watch(k8s.path("pods", ns), { on_event = r.on_event, on_error = r.on_error,
-      backoff = { initial = 0.1, factor = 2, max = 1, jitter = 0 } })
+    local w, r = recorded(k8s.path("pods", ns), { backoff = { initial = 0.1, factor = 2, max = 1, jitter = 0 } })
     wait_until(function()
       return w:synced() and w.state == "watching"
     end)
@@ -817,7 +754,7 @@ t.describe("watch", function()
     w:stop()
   end)
   t.it("an API server that is not there: CONNECT errors, retried with growing waits", function()
-    local port = S.sh("/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); print(s.getsockname()[1])'")
+    local port = S.free_port()
     local cfg = assert(config.kubeconfig(kubeconfig("kc-down", { server = "https://127.0.0.1:" .. port })))
     local r = recorder()
     local down = k8s.new(cfg)
@@ -856,12 +793,8 @@ t.describe("watch", function()
     local first = create_pod(ns, "a", "n1")
     create_pod(ns, "b", "n1")
     ctl("reset")
-    local r = recorder()
-    local w = watch(k8s.path("pods", ns), { on_event = r.on_event, on_error = r.on_error, backoff = FAST,
-      resource_version = first.metadata.resourceVersion })
-    wait_until(function()
-      return #r.events == 1
-    end)
+    local w, r = recorded(k8s.path("pods", ns), { backoff = FAST, resource_version = first.metadata.resourceVersion })
+    events(r, 1)
     t.eq(r.names(), { "ADDED b" })
     local mine = {}
     for _, q in ipairs(stats().requests) do
@@ -941,8 +874,7 @@ t.describe("the token", function()
     t.ok(not pretty.format(api):find(TOKEN, 1, true))
     t.ok(not tostring(api):find(TOKEN, 1, true))
     -- A separate process with logging on: watch failures, HTTP errors, a bad stream.
-    local script = DIR .. "/noisy.lua"
-    write(script, string.format([[
+    local out, ok = S.run_lua(DIR .. "/noisy.lua", string.format([[
       local k8s = require "kubelua.k8s"
       local task = require "kubelua.task"
       local api = assert(k8s.connect { kubeconfig = %q })
@@ -961,8 +893,6 @@ t.describe("the token", function()
       w:stop()
       print("done")
     ]], KUBECONFIG, SERVER, DIR .. "/ca.crt"))
-    local exe = S.sh("readlink /proc/$PPID/exe") -- this kubelua binary
-    local out, ok = S.sh(string.format("cd '%s' && '%s' run '%s'", ROOT, exe, script))
     t.ok(ok, out)
     t.match(out, "W%d+ [%d:.]+ +%d+ kubelua%] DECODE: watch /api/v1/namespaces/noisy/pods", "the watch logged")
     t.match(out, "NOT_FOUND: GET")
@@ -1033,11 +963,4 @@ t.describe("kubectl against the fake (is it faithful?)", function()
   end)
 end)
 
-t.describe("fake API server", function()
-  t.it("stops", function()
-    os.execute("kill " .. PID)
-    server:close()
-    S.rm(DIR)
-    t.ok(not S.exists(DIR))
-  end)
-end)
+server.describe_stop()

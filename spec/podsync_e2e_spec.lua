@@ -1,21 +1,20 @@
 -- Pod workers (kubelua.podsync) against the real, private containerd.
 local t = require "spec.t"
 local S = require "spec.support"
-local cri = require "kubelua.cri"
 local task = require "kubelua.task"
 local podlib = require "kubelua.pod"
 local podsync = require "kubelua.podsync"
 
-local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
+local _, rt = S.runtime({ timeout = 30 })
 local IMAGE = "kubelua.local/busybox:latest"
 local SUITE = "podsync_e2e"
-local rt = assert(cri.connect(ctd.endpoint, { timeout = 30 }))
 local PREFIX = string.format("psync-%d-%d-", os.time(), math.random(1e6))
 local logs = S.tmpdir("podsync-logs")
 
+-- A prepared pod of this spec (a 2 s grace period unless `spec` says).
 local function make_pod(name, containers, spec)
   local p = { metadata = { name = name, uid = PREFIX .. name, labels = { suite = SUITE } },
-    spec = { containers = containers } }
+    spec = { containers = containers, terminationGracePeriodSeconds = 2 } }
   for k, v in pairs(spec or {}) do
     p.spec[k] = v
   end
@@ -58,6 +57,34 @@ local function sandboxes_of(uid)
   return assert(rt:list_pod_sandbox{ filter = { label_selector = { ["io.kubernetes.pod.uid"] = uid } } }).items
 end
 
+local LOOP = "while true; do sleep 1; done"
+
+-- A pod whose one container, "app", runs `sh -c cmd`.
+local function app_pod(name, cmd, spec)
+  return make_pod(name, { { name = "app", command = sh(cmd) } }, spec)
+end
+
+-- ps:update from the file source: op ADD, UPDATE or REMOVE of `pods`.
+local function update(ps, op, pods)
+  ps:update{ op = op, source = "file", pods = pods }
+end
+
+-- Removes `pod` through ps; t.ok that its sandbox is gone within `secs`.
+local function remove(ps, pod, secs)
+  update(ps, "REMOVE", { pod })
+  t.ok(S.wait_for(function()
+    return #sandboxes_of(pod.metadata.uid) == 0
+  end, secs or 10), "sandbox removed")
+end
+
+-- Waits (up to `secs`) until ps reports the pod `uid` in phase `phase`.
+local function in_phase(ps, uid, phase, secs)
+  return S.wait_for(function()
+    local st = ps:status(uid)
+    return st and st.status.phase == phase
+  end, secs)
+end
+
 local function running(uid, name)
   for _, c in ipairs(containers_of(uid, name)) do
     if c.state == "CONTAINER_RUNNING" then
@@ -78,14 +105,13 @@ end
 t.describe("a pod's life", function()
   -- ignores SIGTERM, so removal must wait out the 2 s grace period and kill
   local stubborn = "trap '' TERM; echo hello from app; while true; do sleep 1; done"
-  local pod = make_pod("web", { { name = "app", command = sh(stubborn) } },
-    { terminationGracePeriodSeconds = 2 })
+  local pod = app_pod("web", stubborn)
   local uid = pod.metadata.uid
 
   t.it("ADD runs the sandbox and container with kubelet's labels, logs to podLogsDir", function()
     with_podsync(nil, function(ps)
       local t0 = task.monotime()
-      ps:update{ op = "ADD", source = "file", pods = { pod } }
+      update(ps, "ADD", { pod })
       local c = wait_running(uid, "app", 15)
       t.ok(c, "the container runs")
       t.ok(task.monotime() - t0 < 10, "within seconds")
@@ -116,10 +142,7 @@ t.describe("a pod's life", function()
         local s = S.read_file(path)
         return s and s:find("hello from app", 1, true)
       end, 10), "log written at " .. path)
-      t.ok(S.wait_for(function()
-        local st = ps:status(uid)
-        return st and st.status.phase == "Running"
-      end, 5), "status says Running")
+      t.ok(in_phase(ps, uid, "Running", 5), "status says Running")
       local st = ps:status(uid)
       t.eq(st.containers.app.id, c.id)
       t.eq(st.status.containerStatuses[1].ready, true)
@@ -137,13 +160,10 @@ t.describe("a pod's life", function()
     with_podsync(nil, function(ps)
       local uids, gen = ps:changed(0)
       t.eq(#uids, 0, "nothing before the first update")
-      ps:update{ op = "ADD", source = "file", pods = { pod } } -- adopts the running container
+      update(ps, "ADD", { pod }) -- adopts the running container
       uids, gen = ps:changed(gen)
       t.eq(uids, { uid }, "a new pod is a change")
-      t.ok(S.wait_for(function()
-        local st = ps:status(uid)
-        return st and st.status.phase == "Running"
-      end, 10), "adopted and Running")
+      t.ok(in_phase(ps, uid, "Running", 10), "adopted and Running")
       local syncs = ps:status(uid).syncs
       uids, gen = ps:changed(gen)
       task.sleep(1) -- about ten resyncs at 0.1 s, with nothing to do
@@ -165,7 +185,7 @@ t.describe("a pod's life", function()
     with_podsync(nil, function(ps)
       local before = running(uid, "app")
       t.ok(before)
-      ps:update{ op = "ADD", source = "file", pods = { pod } }
+      update(ps, "ADD", { pod })
       t.ok(S.wait_for(function()
         local st = ps:status(uid)
         return st and st.syncs >= 3
@@ -176,9 +196,8 @@ t.describe("a pod's life", function()
       t.eq(ps:status(uid).containers.app.id, before.id)
 
       -- a changed command: killed (2 s grace, TERM ignored) and replaced
-      local changed = make_pod("web", { { name = "app", command = sh(stubborn:gsub("hello", "changed")) } },
-        { terminationGracePeriodSeconds = 2 })
-      ps:update{ op = "UPDATE", source = "file", pods = { changed } }
+      local changed = app_pod("web", (stubborn:gsub("hello", "changed")))
+      update(ps, "UPDATE", { changed })
       local c = wait_running(uid, "app", 15, before.id)
       t.ok(c, "a new container runs")
       t.eq(c.annotations["io.kubernetes.container.restartCount"], "1")
@@ -194,10 +213,7 @@ t.describe("a pod's life", function()
 
       -- REMOVE: the stubborn container is killed after the 2 s grace period
       local t0 = task.monotime()
-      ps:update{ op = "REMOVE", source = "file", pods = { changed } }
-      t.ok(S.wait_for(function()
-        return #sandboxes_of(uid) == 0
-      end, 15), "sandbox removed")
+      remove(ps, changed, 15)
       local took = task.monotime() - t0
       t.ok(took >= 1.9 and took < 8, "removal honoured the 2 s grace period: took " .. took)
       t.ok(S.wait_for(function()
@@ -209,11 +225,10 @@ end)
 
 t.describe("restarts", function()
   t.it("a crashing container restarts with the scaled CrashLoopBackOff delays", function()
-    local pod = make_pod("crash", { { name = "boom", command = sh("echo boom; exit 3") } },
-      { terminationGracePeriodSeconds = 2 })
+    local pod = make_pod("crash", { { name = "boom", command = sh("echo boom; exit 3") } })
     local uid = pod.metadata.uid
     with_podsync(nil, function(ps)
-      ps:update{ op = "ADD", source = "file", pods = { pod } }
+      update(ps, "ADD", { pod })
       local seen_backoff = false
       t.ok(S.wait_for(function()
         local st = ps:status(uid)
@@ -249,39 +264,29 @@ t.describe("restarts", function()
       end
       local s = ps:status(uid)
       t.ok(s.status.phase == "Running" or s.status.phase == "Pending", "phase " .. s.status.phase)
-      ps:update{ op = "REMOVE", source = "file", pods = { pod } }
-      t.ok(S.wait_for(function()
-        return #sandboxes_of(uid) == 0
-      end, 10), "sandbox removed")
+      remove(ps, pod)
     end)
   end)
 
   t.it("restartPolicy Never: not restarted", function()
-    local pod = make_pod("once", { { name = "one", command = sh("exit 1") } },
-      { restartPolicy = "Never", terminationGracePeriodSeconds = 2 })
+    local pod = make_pod("once", { { name = "one", command = sh("exit 1") } }, { restartPolicy = "Never" })
     local uid = pod.metadata.uid
     with_podsync(nil, function(ps)
-      ps:update{ op = "ADD", source = "file", pods = { pod } }
-      t.ok(S.wait_for(function()
-        local st = ps:status(uid)
-        return st and st.status.phase == "Failed"
-      end, 10), "phase Failed")
+      update(ps, "ADD", { pod })
+      t.ok(in_phase(ps, uid, "Failed", 10), "phase Failed")
       task.sleep(1)
       t.eq(#containers_of(uid, "one"), 1, "one instance only")
       t.eq(ps:status(uid).containers.one.exit_code, 1)
-      ps:update{ op = "REMOVE", source = "file", pods = { pod } }
-      t.ok(S.wait_for(function()
-        return #sandboxes_of(uid) == 0
-      end, 10), "sandbox removed")
+      remove(ps, pod)
     end)
   end)
 
   t.it("a liveness failure kills and restarts the container; readiness only flips ready", function()
-    local pod = make_pod("live", { { name = "app", command = sh("while true; do sleep 1; done"),
-      readinessProbe = { exec = { command = { "true" } } } } }, { terminationGracePeriodSeconds = 2 })
+    local pod = make_pod("live", { { name = "app", command = sh(LOOP),
+      readinessProbe = { exec = { command = { "true" } } } } })
     local uid = pod.metadata.uid
     with_podsync(nil, function(ps)
-      ps:update{ op = "ADD", source = "file", pods = { pod } }
+      update(ps, "ADD", { pod })
       local c = wait_running(uid, "app", 15)
       t.ok(c)
       t.ok(S.wait_for(function()
@@ -302,18 +307,14 @@ t.describe("restarts", function()
       t.eq(assert(rt:container_status{ container_id = c.id }).status.state, "CONTAINER_EXITED")
       task.sleep(0.5)
       t.eq(running(uid, "app").id, n.id, "the new instance is not killed by the old result")
-      ps:update{ op = "REMOVE", source = "file", pods = { pod } }
-      t.ok(S.wait_for(function()
-        return #sandboxes_of(uid) == 0
-      end, 10), "sandbox removed")
+      remove(ps, pod)
     end)
   end)
 end)
 
 t.describe("ownership", function()
   t.it("never touches a sandbox without our label, even with the pod's uid", function()
-    local pod = make_pod("foreign", { { name = "app", command = sh("while true; do sleep 1; done") } },
-      { terminationGracePeriodSeconds = 2 })
+    local pod = app_pod("foreign", LOOP)
     local uid = pod.metadata.uid
     local foreign = assert(rt:run_pod_sandbox{ config = {
       metadata = { name = "foreign", uid = uid, namespace = "other", attempt = 0 },
@@ -323,9 +324,9 @@ t.describe("ownership", function()
         security_context = { namespace_options = { network = "NODE", pid = "CONTAINER", ipc = "POD" } } },
     } }).pod_sandbox_id
     with_podsync(nil, function(ps)
-      ps:update{ op = "ADD", source = "file", pods = { pod } }
+      update(ps, "ADD", { pod })
       t.ok(wait_running(uid, "app", 15))
-      ps:update{ op = "REMOVE", source = "file", pods = { pod } }
+      update(ps, "REMOVE", { pod })
       t.ok(S.wait_for(function()
         return ps:status(uid) == nil
       end, 10))
@@ -339,26 +340,22 @@ end)
 
 t.describe("isolation and errors", function()
   t.it("a slow runtime call for one pod does not stall another; a missing image is ErrImagePull", function()
-    local slow = make_pod("slow", { { name = "app", command = sh("while true; do sleep 1; done") } },
-      { terminationGracePeriodSeconds = 2 })
-    local fast = make_pod("fast", { { name = "app", command = sh("while true; do sleep 1; done") } },
-      { terminationGracePeriodSeconds = 2 })
-    local noimg = make_pod("noimg", { { name = "app", image = "kubelua.local/absent:1", command = sh("true") } },
-      { terminationGracePeriodSeconds = 2 })
+    local slow = app_pod("slow", LOOP)
+    local fast = app_pod("fast", LOOP)
+    local noimg = make_pod("noimg", { { name = "app", image = "kubelua.local/absent:1", command = sh("true") } })
     -- a client whose RunPodSandbox takes 3 s more for the slow pod
-    local proxy = setmetatable({}, { __index = function(_, method)
-      return function(_, req)
-        if method == "run_pod_sandbox" and req.config.metadata.uid == slow.metadata.uid then
-          task.sleep(3)
-        end
-        return rt[method](rt, req)
+    local proxy = S.runtime_view(rt)
+    function proxy.run_pod_sandbox(_, req)
+      if req.config.metadata.uid == slow.metadata.uid then
+        task.sleep(3)
       end
-    end })
+      return rt:run_pod_sandbox(req)
+    end
     with_podsync({ client = proxy }, function(ps)
       local t0 = task.monotime()
-      ps:update{ op = "ADD", source = "file", pods = { slow, noimg } }
+      update(ps, "ADD", { slow, noimg })
       task.sleep(0.3)
-      ps:update{ op = "ADD", source = "file", pods = { fast } }
+      update(ps, "ADD", { fast })
       t.ok(wait_running(fast.metadata.uid, "app", 10), "the fast pod runs")
       t.ok(task.monotime() - t0 < 2.5, "while the slow pod's sandbox is still being made")
       t.eq(#sandboxes_of(slow.metadata.uid), 0)
@@ -375,7 +372,7 @@ t.describe("isolation and errors", function()
       end, 10), "ErrImagePull, then ImagePullBackOff")
       local st = ps:status(noimg.metadata.uid)
       t.match(st.status.containerStatuses[1].state.waiting.reason, "^%u%a+")
-      ps:update{ op = "REMOVE", source = "file", pods = { slow, fast, noimg } }
+      update(ps, "REMOVE", { slow, fast, noimg })
       t.ok(S.wait_for(function()
         return #ps:pods() == 0
       end, 10), "all removed")

@@ -3,13 +3,11 @@
 -- binary, and one exec probe in flight per container.
 local t = require "spec.t"
 local S = require "spec.support"
-local cri = require "kubelua.cri"
 local probe = require "kubelua.probe"
 local task = require "kubelua.task"
 local core = require "kubelua.core"
 
-local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
-local rt = assert(cri.connect(ctd.endpoint, { timeout = 30 }))
+local _, rt = S.runtime({ timeout = 30 })
 local uid = "probe-exec-" .. os.time() .. "-" .. math.random(1e6)
 local config = {
   metadata = { name = "probe-exec", uid = uid, namespace = "kubelua-test", attempt = 0 },
@@ -40,25 +38,22 @@ t.describe("exec probes in a container", function()
     assert(rt:start_container{ container_id = cid })
   end)
 
-  t.it("exit 0 is success with the output", function()
-    local r, out, d = run({ "sh", "-c", "echo ready" })
-    t.eq(r, "success")
-    t.eq(out, "ready\n")
-    t.eq(d.exit_code, 0)
-  end)
-
-  t.it("exit 1 is failure with stdout then stderr as output", function()
-    local r, out, d = run({ "sh", "-c", "echo out; echo err >&2; exit 1" })
-    t.eq(r, "failure")
-    t.eq(out, "out\nerr\n")
-    t.eq(d.exit_code, 1)
-  end)
-
-  t.it("a silent non-zero exit still has a readable reason", function()
-    local r, out = run({ "false" })
-    t.eq(r, "failure")
-    t.eq(out, 'command "false" exited with code 1')
-  end)
+  for _, c in ipairs { -- the test, the command, its result, output and details
+    { "exit 0 is success with the output", { "sh", "-c", "echo ready" }, "success", "ready\n", { exit_code = 0 } },
+    { "exit 1 is failure with stdout then stderr as output", { "sh", "-c", "echo out; echo err >&2; exit 1" },
+      "failure", "out\nerr\n", { exit_code = 1 } },
+    { "a silent non-zero exit still has a readable reason", { "false" }, "failure",
+      'command "false" exited with code 1', {} },
+  } do
+    t.it(c[1], function()
+      local r, out, d = run(c[2])
+      t.eq(r, c[3])
+      t.eq(out, c[4])
+      for k, v in pairs(c[5]) do
+        t.eq(d[k], v, k)
+      end
+    end)
+  end
 
   t.it("output is capped at 10 KiB", function()
     local r, out, d = run({ "sh", "-c", "head -c 50000 /dev/zero | tr '\\0' a" })
@@ -83,29 +78,34 @@ t.describe("exec probes in a container", function()
     t.ok(d.error, "details.error is set")
   end)
 
-  t.it("one exec in flight per container: a second one is skipped by default", function()
+  -- Starts a 1 s exec (3 s timeout) in a task and lets it begin; returns a
+  -- function giving its results once it has ended (nil before).
+  local function in_flight()
     local first
     task.spawn(function()
       first = { run({ "sleep", "1" }, { timeout = 3 }) }
     end)
     task.sleep(0.2)
+    return function()
+      return first
+    end
+  end
+
+  t.it("one exec in flight per container: a second one is skipped by default", function()
+    local first = in_flight()
     local t0 = core.monotime()
     local r, out, d = run({ "true" })
     t.eq(r, "unknown")
     t.eq(d.skipped, true)
     t.match(out, "previous exec probe still running")
     t.ok(core.monotime() - t0 < 0.1, "skipped at once")
-    t.ok(S.wait_for(function() return first ~= nil end, 5), "the first one ends")
-    t.eq(first[1], "success")
+    t.ok(S.wait_for(function() return first() ~= nil end, 5), "the first one ends")
+    t.eq(first()[1], "success")
     t.eq(run({ "true" }), "success", "the container is free again")
   end)
 
   t.it("busy = \"wait\" waits for the one in flight, within its own timeout", function()
-    local first
-    task.spawn(function()
-      first = { run({ "sleep", "1" }, { timeout = 3 }) }
-    end)
-    task.sleep(0.2)
+    local first = in_flight()
     local r, _, d = run({ "true" }, { busy = "wait", timeout = 0.3 })
     t.eq(r, "unknown", "gave up waiting after its timeout")
     t.eq(d.skipped, true)
@@ -113,7 +113,7 @@ t.describe("exec probes in a container", function()
     r = run({ "true" }, { busy = "wait", timeout = 5 })
     t.eq(r, "success")
     t.ok(core.monotime() - t0 >= 0.3, "it waited for the first")
-    t.eq(first and first[1], "success")
+    t.eq(first() and first()[1], "success")
   end)
 
   t.it("stops and removes the pod", function()

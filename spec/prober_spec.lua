@@ -30,28 +30,6 @@ local function running(id, started_at, extra)
   return { phase = "Running", podIP = "127.0.0.1", containerStatuses = { cs } }
 end
 
--- A probe function answering from a script per kind ("success", "failure",
--- ...; the last answer repeats); records (kind, time) of each call.
-local function scripted(clock, script)
-  local calls = {}
-  local fn = function(kind, spec, ctx)
-    calls[#calls + 1] = { kind = kind, at = clock.now(), id = ctx.container_id }
-    local list = script[kind] or { "success" }
-    local n = 0
-    for _, c in ipairs(calls) do
-      if c.kind == kind then
-        n = n + 1
-      end
-    end
-    local r = list[math.min(n, #list)]
-    if r == "error" then
-      return "unknown", "boom", { error = "boom", duration = 0.01 }
-    end
-    return r, r == "failure" and "it failed" or "", { duration = 0.01 }
-  end
-  return fn, calls
-end
-
 local function count(calls, kind)
   local n = 0
   for _, c in ipairs(calls) do
@@ -60,6 +38,31 @@ local function count(calls, kind)
     end
   end
   return n
+end
+
+-- A probe function answering from a script per kind ("success", "failure",
+-- ...; the last answer repeats); records (kind, time) of each call.
+local function scripted(clock, script)
+  local calls = {}
+  local fn = function(kind, spec, ctx)
+    calls[#calls + 1] = { kind = kind, at = clock.now(), id = ctx.container_id }
+    local list = script[kind] or { "success" }
+    local r = list[math.min(count(calls, kind), #list)]
+    if r == "error" then
+      return "unknown", "boom", { error = "boom", duration = 0.01 }
+    end
+    return r, r == "failure" and "it failed" or "", { duration = 0.01 }
+  end
+  return fn, calls
+end
+
+-- A TCP probe spec (on port 1) with `fields` added.
+local function tcp(fields)
+  local spec = { tcpSocket = { port = 1 } }
+  for k, v in pairs(fields or {}) do
+    spec[k] = v
+  end
+  return spec
 end
 
 local live = {} -- managers of the running test
@@ -101,6 +104,22 @@ local function finish(env)
   t.eq(env.clock:waiting(), 0)
 end
 
+-- Adds a pod with `probes` to env's manager, its container running (as c1)
+-- since `started_at` (default T0); returns the pod.
+local function add_running(env, probes, started_at)
+  local pod = pod_with(probes, { status = running("c1", started_at or T0) })
+  env.mgr:add_pod(pod)
+  return pod
+end
+
+-- t.describe; after each test the managers it left running are stopped.
+local function describe(name, body)
+  t.describe(name, function()
+    t.after_each(stop_leftovers)
+    body()
+  end)
+end
+
 local function results_of(updates, kind)
   local out = {}
   for _, u in ipairs(updates) do
@@ -111,10 +130,9 @@ local function results_of(updates, kind)
   return out
 end
 
-t.describe("defaults and initial values", function()
-  t.after_each(stop_leftovers)
+describe("defaults and initial values", function()
   t.it("kubelet's defaults fill a probe spec", function()
-    local s = prober.with_defaults({ tcpSocket = { port = 1 } })
+    local s = prober.with_defaults(tcp())
     t.eq(s.timeoutSeconds, 1)
     t.eq(s.periodSeconds, 10)
     t.eq(s.successThreshold, 1)
@@ -124,10 +142,7 @@ t.describe("defaults and initial values", function()
   end)
   t.it("readiness starts Failure, liveness Success, startup Unknown", function()
     local env = setup({ startup = { "failure" } })
-    local pod = pod_with({ livenessProbe = { tcpSocket = { port = 1 } },
-      readinessProbe = { tcpSocket = { port = 1 } }, startupProbe = { tcpSocket = { port = 1 }, failureThreshold = 100 } },
-      { status = running("c1", T0) })
-    env.mgr:add_pod(pod)
+    add_running(env, { livenessProbe = tcp(), readinessProbe = tcp(), startupProbe = tcp{ failureThreshold = 100 } })
     env.clock:advance(0)
     t.eq(env.mgr:result("readiness", "c1"), "Failure")
     t.eq(env.mgr:result("liveness", "c1"), "Success")
@@ -137,12 +152,10 @@ t.describe("defaults and initial values", function()
   end)
 end)
 
-t.describe("thresholds", function()
-  t.after_each(stop_leftovers)
+describe("thresholds", function()
   t.it("liveness fails after failureThreshold failures in a row, then holds", function()
     local env = setup({ liveness = { "failure", "success", "failure", "failure", "failure" } })
-    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 10 } },
-      { status = running("c1", T0) }))
+    add_running(env, { livenessProbe = tcp{ periodSeconds = 10 } })
     env.clock:advance(0)
     t.eq(count(env.calls, "liveness"), 1)
     env.clock:advance(40) -- probes at +10 (success), +20, +30, +40 (failures)
@@ -155,8 +168,7 @@ t.describe("thresholds", function()
   end)
   t.it("readiness needs successThreshold successes and is never on hold", function()
     local env = setup({ readiness = { "success", "success", "failure", "failure", "failure", "failure", "success" } })
-    env.mgr:add_pod(pod_with({ readinessProbe = { tcpSocket = { port = 1 }, periodSeconds = 1,
-      successThreshold = 2, failureThreshold = 3 } }, { status = running("c1", T0) }))
+    add_running(env, { readinessProbe = tcp{ periodSeconds = 1, successThreshold = 2, failureThreshold = 3 } })
     env.clock:advance(0)
     t.eq(env.mgr:result("readiness", "c1"), "Failure")
     env.clock:advance(1)
@@ -171,8 +183,7 @@ t.describe("thresholds", function()
   end)
   t.it("a probe that errored is retried (3 attempts) and then discarded", function()
     local env = setup({ liveness = { "error" } })
-    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, failureThreshold = 1 } },
-      { status = running("c1", T0) }))
+    add_running(env, { livenessProbe = tcp{ failureThreshold = 1 } })
     env.clock:advance(20)
     t.eq(count(env.calls, "liveness"), 9, "3 ticks x 3 attempts")
     t.eq(env.mgr:result("liveness", "c1"), "Success", "no state change")
@@ -182,8 +193,7 @@ t.describe("thresholds", function()
   end)
   t.it("unknown without an error counts as Failure; warning as Success", function()
     local env = setup({ readiness = { "warning", "unknown" } })
-    env.mgr:add_pod(pod_with({ readinessProbe = { tcpSocket = { port = 1 }, failureThreshold = 1 } },
-      { status = running("c1", T0) }))
+    add_running(env, { readinessProbe = tcp{ failureThreshold = 1 } })
     env.clock:advance(0)
     t.eq(env.mgr:result("readiness", "c1"), "Success")
     t.match(select(2, env.mgr:result("readiness", "c1")), "^Readiness probe warning: ")
@@ -193,12 +203,10 @@ t.describe("thresholds", function()
   end)
 end)
 
-t.describe("timing", function()
-  t.after_each(stop_leftovers)
+describe("timing", function()
   t.it("initialDelaySeconds holds probes back from the container's start", function()
     local env = setup({})
-    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 2,
-      initialDelaySeconds = 5 } }, { status = running("c1", T0) }))
+    add_running(env, { livenessProbe = tcp{ periodSeconds = 2, initialDelaySeconds = 5 } })
     env.clock:advance(4.9)
     t.eq(count(env.calls, "liveness"), 0)
     env.clock:advance(1.1) -- tick at +6
@@ -209,8 +217,7 @@ t.describe("timing", function()
   t.it("the first probe after agent start waits random() * period (bounds)", function()
     for _, r in ipairs({ 0, 0.5, 0.999 }) do
       local env = setup({}, { fresh = true, random = function() return r end, tick = 0 })
-      env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 10 } },
-        { status = running("c1", T0 - 100) }))
+      add_running(env, { livenessProbe = tcp{ periodSeconds = 10 } }, T0 - 100)
       env.clock:advance(math.max(0, 10 * r - 0.001))
       t.eq(count(env.calls, "liveness"), r == 0 and 1 or 0, "not before the jitter, r=" .. r)
       env.clock:advance(r == 0 and 0 or 0.001)
@@ -235,8 +242,7 @@ t.describe("timing", function()
     -- the default tick (20 ms): jitter 9.99 s starts at 10.00 s, then every period on the grid
     t.eq(prober.TICK, 0.02)
     local env = setup({}, { fresh = true, random = function() return 0.999 end })
-    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 10 } },
-      { status = running("c1", T0 - 100) }))
+    add_running(env, { livenessProbe = tcp{ periodSeconds = 10 } }, T0 - 100)
     env.clock:advance(9.995)
     t.eq(count(env.calls, "liveness"), 0, "not at the jitter itself (9.99 s)")
     env.clock:advance(0.005)
@@ -254,16 +260,14 @@ t.describe("timing", function()
   t.it("no jitter once the agent has run longer than the period", function()
     local env = setup({}, { fresh = true, random = function() return 0.9 end })
     env.clock:advance(11)
-    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 10 } },
-      { status = running("c1", T0) }))
+    add_running(env, { livenessProbe = tcp{ periodSeconds = 10 } })
     env.clock:advance(0)
     t.eq(count(env.calls, "liveness"), 1)
     finish(env)
   end)
   t.it("a manual trigger probes at once without moving the schedule", function()
     local env = setup({})
-    env.mgr:add_pod(pod_with({ readinessProbe = { tcpSocket = { port = 1 }, periodSeconds = 10 } },
-      { status = running("c1", T0) }))
+    add_running(env, { readinessProbe = tcp{ periodSeconds = 10 } })
     env.clock:advance(3)
     env.mgr:trigger("uid-1", "app", "readiness")
     env.clock:advance(0)
@@ -275,13 +279,12 @@ t.describe("timing", function()
   end)
 end)
 
-t.describe("startup gating", function()
-  t.after_each(stop_leftovers)
+describe("startup gating", function()
   t.it("liveness and readiness wait for the startup probe; startup then idles", function()
     local env = setup({ startup = { "failure", "failure", "success" } })
-    env.mgr:add_pod(pod_with({ startupProbe = { tcpSocket = { port = 1 }, periodSeconds = 1, failureThreshold = 10 },
-      livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 1 },
-      readinessProbe = { tcpSocket = { port = 1 }, periodSeconds = 1 } }, { status = running("c1", T0) }))
+    add_running(env, { startupProbe = tcp{ periodSeconds = 1, failureThreshold = 10 },
+      livenessProbe = tcp{ periodSeconds = 1 },
+      readinessProbe = tcp{ periodSeconds = 1 } })
     env.clock:advance(1.5)
     t.eq(count(env.calls, "liveness") + count(env.calls, "readiness"), 0, "gated")
     env.clock:advance(1) -- startup succeeds at +2
@@ -294,8 +297,7 @@ t.describe("startup gating", function()
   end)
   t.it("a startup failure holds until a new container", function()
     local env = setup({ startup = { "failure" } })
-    env.mgr:add_pod(pod_with({ startupProbe = { tcpSocket = { port = 1 }, periodSeconds = 1, failureThreshold = 2 } },
-      { status = running("c1", T0) }))
+    add_running(env, { startupProbe = tcp{ periodSeconds = 1, failureThreshold = 2 } })
     env.clock:advance(5)
     t.eq(env.mgr:result("startup", "c1"), "Failure")
     t.eq(count(env.calls, "startup"), 2)
@@ -303,13 +305,10 @@ t.describe("startup gating", function()
   end)
 end)
 
-t.describe("container lifecycle", function()
-  t.after_each(stop_leftovers)
+describe("container lifecycle", function()
   t.it("a restarted container (new ID) resets the worker", function()
     local env = setup({ liveness = { "failure" } })
-    local pod = pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 1, failureThreshold = 2 } },
-      { status = running("c1", T0) })
-    env.mgr:add_pod(pod)
+    local pod = add_running(env, { livenessProbe = tcp{ periodSeconds = 1, failureThreshold = 2 } })
     env.clock:advance(3)
     t.eq(env.mgr:result("liveness", "c1"), "Failure")
     local w = select(2, next(env.mgr.workers))
@@ -329,7 +328,7 @@ t.describe("container lifecycle", function()
   t.it("a container that is not running is Failure; Never + terminated stops the worker", function()
     local env = setup({})
     local status = running("c1", T0)
-    env.mgr:add_pod(pod_with({ readinessProbe = { tcpSocket = { port = 1 }, periodSeconds = 1 } },
+    env.mgr:add_pod(pod_with({ readinessProbe = tcp{ periodSeconds = 1 } },
       { status = status, restartPolicy = "Never" }))
     env.clock:advance(1)
     t.eq(env.mgr:result("readiness", "c1"), "Success")
@@ -343,7 +342,7 @@ t.describe("container lifecycle", function()
   t.it("a pod that Succeeded or Failed stops its workers", function()
     local env = setup({})
     local status = running("c1", T0)
-    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 1 } }, { status = status }))
+    env.mgr:add_pod(pod_with({ livenessProbe = tcp{ periodSeconds = 1 } }, { status = status }))
     env.clock:advance(1)
     t.eq(env.mgr:count(), 1)
     status.phase = "Succeeded"
@@ -353,9 +352,7 @@ t.describe("container lifecycle", function()
   end)
   t.it("a pod being deleted: liveness Success and stop", function()
     local env = setup({ liveness = { "failure" } })
-    local pod = pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 1, failureThreshold = 1 } },
-      { status = running("c1", T0) })
-    env.mgr:add_pod(pod)
+    local pod = add_running(env, { livenessProbe = tcp{ periodSeconds = 1, failureThreshold = 1 } })
     env.clock:advance(0)
     t.eq(env.mgr:result("liveness", "c1"), "Failure")
     env.mgr:set_status("uid-1", running("c2", T0))
@@ -366,7 +363,7 @@ t.describe("container lifecycle", function()
   end)
   t.it("no status or no container ID yet: nothing is probed", function()
     local env = setup({})
-    local pod = pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 1 } })
+    local pod = pod_with({ livenessProbe = tcp{ periodSeconds = 1 } })
     env.mgr:add_pod(pod)
     env.clock:advance(2)
     env.mgr:set_status("uid-1", running("", T0))
@@ -376,9 +373,7 @@ t.describe("container lifecycle", function()
   end)
   t.it("remove_pod and stop_liveness_and_startup stop the right workers", function()
     local env = setup({})
-    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 } },
-      readinessProbe = { tcpSocket = { port = 1 } }, startupProbe = { tcpSocket = { port = 1 } } },
-      { status = running("c1", T0) }))
+    add_running(env, { livenessProbe = tcp(), readinessProbe = tcp(), startupProbe = tcp() })
     env.clock:advance(0)
     t.eq(env.mgr:count(), 3)
     env.mgr:stop_liveness_and_startup("uid-1")
@@ -392,12 +387,10 @@ t.describe("container lifecycle", function()
   end)
 end)
 
-t.describe("pod status", function()
-  t.after_each(stop_leftovers)
+describe("pod status", function()
   t.it("started and ready as kubelet computes them; a not-ready container's probe is triggered", function()
     local env = setup({ readiness = { "failure", "success" } })
-    env.mgr:add_pod(pod_with({ readinessProbe = { tcpSocket = { port = 1 }, failureThreshold = 1 } },
-      { status = running("c1", T0) }))
+    add_running(env, { readinessProbe = tcp{ failureThreshold = 1 } })
     env.clock:advance(0)
     local st = env.mgr:update_pod_status("uid-1", running("c1", T0))
     t.eq(st.containerStatuses[1].started, true, "no startup worker")
@@ -413,8 +406,7 @@ t.describe("pod status", function()
   end)
 end)
 
-t.describe("swappable policy", function()
-  t.after_each(stop_leftovers)
+describe("swappable policy", function()
   t.it("wrap_probe adds a body check", function()
     local env = setup({}, { probe = function() return "success", "starting", { duration = 0 } end,
       policy = { wrap_probe = function(nxt, kind, spec, ctx)
@@ -424,8 +416,7 @@ t.describe("swappable policy", function()
         end
         return r, out, d
       end } })
-    env.mgr:add_pod(pod_with({ readinessProbe = { tcpSocket = { port = 1 }, failureThreshold = 1 } },
-      { status = running("c1", T0) }))
+    add_running(env, { readinessProbe = tcp{ failureThreshold = 1 } })
     env.clock:advance(0)
     local r, reason = env.mgr:result("readiness", "c1")
     t.eq(r, "Failure")
@@ -436,9 +427,7 @@ t.describe("swappable policy", function()
     local env = setup({}, { policy = { next_delay = function(w, period)
       return period * 2 ^ math.min(w.restarts, 5)
     end } })
-    local pod = pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 1 } },
-      { status = running("c1", T0) })
-    env.mgr:add_pod(pod)
+    local pod = add_running(env, { livenessProbe = tcp{ periodSeconds = 1 } })
     local gaps = {}
     for i = 1, 4 do
       local id = "c" .. i
@@ -462,7 +451,7 @@ t.describe("swappable policy", function()
   end)
   t.it("a probe function that throws is an error result, the worker survives", function()
     local env = setup({}, { probe = function() error("oops") end })
-    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 } } }, { status = running("c1", T0) }))
+    add_running(env, { livenessProbe = tcp() })
     env.clock:advance(10)
     t.eq(env.mgr:count(), 1)
     t.eq(env.mgr:result("liveness", "c1"), "Success")
@@ -471,8 +460,7 @@ t.describe("swappable policy", function()
   end)
 end)
 
-t.describe("ports, commands, metrics", function()
-  t.after_each(stop_leftovers)
+describe("ports, commands, metrics", function()
   t.it("named ports resolve through container.ports", function()
     local c = { ports = { { name = "http", containerPort = 8080 } } }
     t.eq(prober.resolve_port("http", c), 8080)
@@ -488,7 +476,7 @@ t.describe("ports, commands, metrics", function()
   t.it("probe runs are counted and timed with kubelet's metric names", function()
     local reg = metrics.registry()
     local env = setup({ liveness = { "success", "failure" } }, { metrics = reg })
-    env.mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 } } }, { status = running("c1", T0) }))
+    add_running(env, { livenessProbe = tcp() })
     env.clock:advance(10)
     local total = reg:get("prober_probe_total")
     local l = { probe_type = "Liveness", container = "app", pod = "web", namespace = "default" }
@@ -504,8 +492,7 @@ t.describe("ports, commands, metrics", function()
   t.it("a removed pod's probe series leave the registry with its workers", function()
     local reg = metrics.registry()
     local env = setup({ liveness = { "success", "failure" } }, { metrics = reg })
-    local pod = pod_with({ livenessProbe = { tcpSocket = { port = 1 } } }, { status = running("c1", T0) })
-    env.mgr:add_pod(pod)
+    local pod = add_running(env, { livenessProbe = tcp() })
     env.clock:advance(10)
     t.match(metrics.render(reg), 'prober_probe_total{probe_type="Liveness",result="successful"')
     env.mgr:remove_pod(pod.metadata.uid)
@@ -517,8 +504,7 @@ t.describe("ports, commands, metrics", function()
   end)
 end)
 
-t.describe("real clock", function()
-  t.after_each(stop_leftovers)
+describe("real clock", function()
   t.it("TCP liveness on a closed port fails after the threshold; a named port works", function()
     local updates = {}
     local mgr = prober.new{ metrics = false, log = function() end }
@@ -544,7 +530,7 @@ t.describe("real clock", function()
         return "success", "", {}
       end,
       policy = { next_delay = function() return 0 end } }
-    mgr:add_pod(pod_with({ livenessProbe = { tcpSocket = { port = 1 }, periodSeconds = 0.05 } },
+    mgr:add_pod(pod_with({ livenessProbe = tcp{ periodSeconds = 0.05 } },
       { status = running("c1", core.now()) }))
     local t0 = core.monotime()
     while runs < 5 and core.monotime() - t0 < 3 do

@@ -5,13 +5,7 @@ local S = require "spec.support"
 local task = require "kubelua.task"
 
 local ctd = assert(S.containerd(), "KUBELUA_TEST_CTD_DIR is not set (run through ctest)")
-local KUBELUA = S.ROOT .. "/build/kubelua"
-do -- the binary running this spec is the one under test
-  local exe = S.sh("readlink -f /proc/" .. S.sh("echo $PPID") .. "/exe")
-  if exe:match("/kubelua$") then
-    KUBELUA = exe
-  end
-end
+local KUBELUA = S.kubelua_bin()
 local home = S.tmpdir("repl")
 local session = "kubelua-spec-" .. tostring(os.time()) .. tostring(math.random(1e6))
 

@@ -4,42 +4,18 @@ local t = require "spec.t"
 local S = require "spec.support"
 local config = require "kubelua.config"
 local k8s = require "kubelua.k8s"
-local json = require "kubelua.k8s.json"
-local http = require "kubelua.http"
 local apisrc = require "kubelua.sources.api"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local TOKEN = "kl-src-token-" .. tostring(os.time())
 local DIR = S.tmpdir("apisrc")
-local server = assert(io.popen(string.format(
-  "exec /usr/bin/python3 '%s/../tests/support/fake_apiserver.py' --dir '%s' --token '%s' --bookmark-interval 3600",
-  here, DIR, TOKEN)))
-local PORT, PID = (server:read("*l") or ""):match("^(%d+) (%d+)$")
-assert(PORT, "the fake API server did not start")
-local SERVER = "https://127.0.0.1:" .. PORT
-
-local kc = DIR .. "/kubeconfig"
-do
-  local f = assert(io.open(kc, "w"))
-  f:write(assert(json.encode({
-    apiVersion = "v1", kind = "Config", ["current-context"] = "fake",
-    clusters = { { name = "fake", cluster = { server = SERVER, ["certificate-authority"] = "ca.crt" } } },
-    users = { { name = "u", user = { token = TOKEN } } },
-    contexts = { { name = "fake", context = { cluster = "fake", user = "u" } } },
-  })))
-  f:close()
-end
-local api = assert(k8s.connect{ kubeconfig = kc })
+local server = S.fake_apiserver(DIR, TOKEN)
+local api = assert(k8s.connect{ kubeconfig = server.kubeconfig("kubeconfig") })
 
 local function make_pod(name, node)
   return assert(api:create("/api/v1/namespaces/default/pods", {
     apiVersion = "v1", kind = "Pod", metadata = { name = name },
     spec = { nodeName = node, containers = { { name = "c", image = "kubelua.local/busybox:latest" } } },
   }))
-end
-
-local function control(what)
-  return assert(http.request{ url = SERVER .. "/_control/" .. what, method = "POST", body = "", verify_tls = false })
 end
 
 t.describe("api source", function()
@@ -73,14 +49,14 @@ t.describe("api source", function()
   end)
 
   t.it("a 410 Gone in the middle: relist, nothing lost", function()
-    control("compact")
-    control("expire")
+    server.control("compact")
+    server.control("expire")
     make_pod("mine-3", "node-a")
     t.ok(S.wait_for(function() return names() == "mine-2,mine-3" end, 15), names())
   end)
 
   t.it("a cut connection: resume, nothing lost", function()
-    control("disconnect")
+    server.control("disconnect")
     make_pod("mine-4", "node-a")
     t.ok(S.wait_for(function() return names() == "mine-2,mine-3,mine-4" end, 15), names())
   end)
@@ -88,8 +64,7 @@ t.describe("api source", function()
   t.it("stops", function()
     src:stop()
     t.allow_parked(-1)
-    S.kill(tonumber(PID))
-    server:close()
+    server.stop()
     S.rm(DIR)
   end)
 end)

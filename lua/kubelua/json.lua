@@ -206,68 +206,55 @@ local function encode_table(t, out, n, indent, depth, seen)
   else
     colon = ":"
   end
+  -- An array is written as its items t[1..count], an object as its keys
+  -- (sorted by their text) with their values; the punctuation is shared.
+  local keys, texts, count
   if kind(t) == "array" then
-    local len = #t
-    if len == 0 then
-      n = n + 1
-      out[n] = "[]"
-    else
-      n = n + 1
-      out[n] = "["
-      for i = 1, len do
-        if i > 1 then
-          n = n + 1
-          out[n] = ","
-        end
-        if indent then
-          n = n + 1
-          out[n] = pad_in
-        end
-        n = encode_value(t[i], out, n, indent, depth + 1, seen)
-      end
-      if indent then
-        n = n + 1
-        out[n] = pad
-      end
-      n = n + 1
-      out[n] = "]"
-    end
+    count = #t
   else
-    local keys, texts = {}, {}
+    keys, texts = {}, {}
     for k in pairs(t) do
       local kt = key_text(k)
       keys[#keys + 1] = kt
       texts[kt] = k
     end
     table.sort(keys)
-    if #keys == 0 then
-      n = n + 1
-      out[n] = "{}"
-    else
-      n = n + 1
-      out[n] = "{"
-      for i, kt in ipairs(keys) do
-        if i > 1 then
-          n = n + 1
-          out[n] = ","
-        end
-        if indent then
-          n = n + 1
-          out[n] = pad_in
-        end
+    count = #keys
+  end
+  if count == 0 then
+    n = n + 1
+    out[n] = keys and "{}" or "[]"
+  else
+    n = n + 1
+    out[n] = keys and "{" or "["
+    for i = 1, count do
+      if i > 1 then
+        n = n + 1
+        out[n] = ","
+      end
+      if indent then
+        n = n + 1
+        out[n] = pad_in
+      end
+      local v
+      if keys then
+        local kt = keys[i]
         n = n + 1
         out[n] = quote(kt)
         n = n + 1
         out[n] = colon
-        n = encode_value(t[texts[kt]], out, n, indent, depth + 1, seen)
+        v = t[texts[kt]]
+      else
+        v = t[i]
       end
-      if indent then
-        n = n + 1
-        out[n] = pad
-      end
-      n = n + 1
-      out[n] = "}"
+      n = encode_value(v, out, n, indent, depth + 1, seen)
     end
+    if indent then
+      n = n + 1
+      out[n] = pad
+    end
+    n = n + 1
+    out[n] = keys and "}" or "]"
   end
   seen[t] = nil
   return n
@@ -445,6 +432,20 @@ end
 
 local decode_value
 
+-- After a member of an array or object (pos just past its value): true and
+-- the position after `close` when it ends there, else false and the
+-- position after the comma; anything else is an error.
+local function member_end(s, pos, close)
+  pos = skip(s, pos)
+  local c = sub(s, pos, pos)
+  if c == close then
+    return true, pos + 1
+  elseif c ~= "," then
+    decode_error("expected , or " .. close, pos)
+  end
+  return false, pos + 1
+end
+
 local function decode_array(s, pos)
   local t, n = setmetatable({}, array_mt), 0
   pos = skip(s, pos)
@@ -456,14 +457,11 @@ local function decode_array(s, pos)
     v, pos = decode_value(s, pos)
     n = n + 1
     t[n] = v
-    pos = skip(s, pos)
-    local c = sub(s, pos, pos)
-    if c == "]" then
-      return t, pos + 1
-    elseif c ~= "," then
-      decode_error("expected , or ]", pos)
+    local last
+    last, pos = member_end(s, pos, "]")
+    if last then
+      return t, pos
     end
-    pos = pos + 1
   end
 end
 
@@ -486,14 +484,12 @@ local function decode_object(s, pos)
     local v
     v, pos = decode_value(s, pos + 1)
     t[k] = v
-    pos = skip(s, pos)
-    local c = sub(s, pos, pos)
-    if c == "}" then
-      return t, pos + 1
-    elseif c ~= "," then
-      decode_error("expected , or }", pos)
+    local last
+    last, pos = member_end(s, pos, "}")
+    if last then
+      return t, pos
     end
-    pos = skip(s, pos + 1)
+    pos = skip(s, pos)
   end
 end
 

@@ -12,6 +12,7 @@
 -- It is not byte-compatible with kubelet's (a Go deep-hash); nothing relies
 -- on that.
 local bit = require "bit"
+local pretty = require "kubelua.pretty"
 
 local M = {}
 
@@ -20,14 +21,6 @@ M.HASH_ANNOTATION = "kubernetes.io/config.hash" -- kubelet's config hash: the UI
 -- ----------------------------------------------------------------- hashing
 
 -- A canonical text of a decoded value: sorted keys, types marked.
-local function key_less(a, b)
-  local ta, tb = type(a), type(b)
-  if ta ~= tb then
-    return ta < tb
-  end
-  return a < b
-end
-
 local function canonical(v, out, n)
   local tv = type(v)
   if tv == "table" then
@@ -39,7 +32,7 @@ local function canonical(v, out, n)
     if all_strings then
       table.sort(keys)
     else
-      table.sort(keys, key_less)
+      table.sort(keys, pretty.key_less)
     end
     n = n + 1
     out[n] = "{"

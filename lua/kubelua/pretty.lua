@@ -9,23 +9,48 @@ local function is_ident(s)
   return type(s) == "string" and s:match("^[%a_][%w_]*$") ~= nil
 end
 
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
+-- pretty.key_less(a, b) -> boolean
+-- The order of table keys wherever kubelua writes a table deterministically
+-- (here, kubelua.gc.store and kubelua.pod's canonical text): by type name
+-- first (numbers before strings), then by value. Like `<`, it throws for two
+-- keys of a type `<` cannot compare.
+function M.key_less(a, b)
+  local ta, tb = type(a), type(b)
+  if ta ~= tb then
+    return ta < tb
   end
-  table.sort(keys, function(a, b)
-    local ta, tb = type(a), type(b)
-    if ta ~= tb then
-      return ta < tb
-    end
-    if ta == "number" or ta == "string" then
-      return a < b
-    end
+  return a < b
+end
+local key_less = M.key_less
+
+-- key_less, with keys `<` cannot compare (booleans, tables) ordered by
+-- their tostring.
+local function any_less(a, b)
+  local ta = type(a)
+  if ta == type(b) and ta ~= "number" and ta ~= "string" then
     return tostring(a) < tostring(b)
-  end)
+  end
+  return key_less(a, b)
+end
+
+-- pretty.sorted_keys(t) -> array of t's keys
+-- The keys in key_less order; those of a type `<` cannot compare (booleans,
+-- tables) go by type name too, then by tostring, so this never throws.
+function M.sorted_keys(t)
+  local keys, n, mixed = {}, 0, false
+  for k in pairs(t) do
+    n = n + 1
+    keys[n] = k
+    mixed = mixed or type(k) ~= "string"
+  end
+  if mixed then
+    table.sort(keys, any_less)
+  else
+    table.sort(keys) -- all strings: the same order, without a Lua comparator
+  end
   return keys
 end
+local sorted_keys = M.sorted_keys
 
 local function scalar(v)
   local tv = type(v)

@@ -19,6 +19,7 @@
 local core = require "kubelua.core"
 local metrics = require "kubelua.metrics"
 local cri = require "kubelua.cri"
+local read_file = require("kubelua.gc.store").read_file
 
 local M = {}
 
@@ -46,16 +47,6 @@ local START_ERRORS = { RunContainerError = true, CreateContainerError = true,
 -- (RunPodSandbox -> run_podsandbox, ImageFsInfo -> image_fs_info)
 function M.operation_type(rpc)
   return (cri.snake(rpc):gsub("pod_sandbox", "podsandbox"))
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
 end
 
 -- Clock ticks per second, for /proc/self/stat's start time (sysconf through

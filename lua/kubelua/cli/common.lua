@@ -1246,21 +1246,12 @@ M.INSPECT_FLAGS = {
   { "quiet", "q", "bool", "leave out the runtime's verbose info" },
 }
 
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
-  end
-  table.sort(keys)
-  return keys
-end
-
 -- Add a "Labels:" or "Annotations:" block of the inspect family's table
 -- format to `lines`: the title, then one tab-indented `key -> value` line a
 -- key, sorted.
 function M.map_lines(lines, title, map)
   lines[#lines + 1] = title .. ":"
-  for _, k in ipairs(sorted_keys(map)) do
+  for _, k in ipairs(require("kubelua.pretty").sorted_keys(map)) do
     lines[#lines + 1] = "\t" .. k .. " -> " .. map[k]
   end
 end
@@ -1268,7 +1259,7 @@ end
 -- The verbose info of a status as Go prints a map: Info: map[k:v k2:v2].
 local function info_line(info)
   local parts = {}
-  for _, k in ipairs(sorted_keys(info or {})) do
+  for _, k in ipairs(require("kubelua.pretty").sorted_keys(info or {})) do
     parts[#parts + 1] = k .. ":" .. info[k]
   end
   return "Info: map[" .. table.concat(parts, " ") .. "]"

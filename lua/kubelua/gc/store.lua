@@ -4,21 +4,15 @@
 --   local store = require "kubelua.gc.store"
 --   assert(store.write_atomic(path, store.serialize(value)))
 --   local value, err, code = store.read_data(path)   -- ENOENT when absent
-local M = {}
+--   local text, err, code = store.read_file(path)     -- any file, as a string
+local pretty = require "kubelua.pretty"
 
+local M = {}
 
 local KEYWORDS = {}
 for w in ([[and break do else elseif end false for function goto if in local nil not or repeat
   return then true until while]]):gmatch("%a+") do
   KEYWORDS[w] = true
-end
-
-local function key_order(a, b)
-  local ta, tb = type(a), type(b)
-  if ta ~= tb then
-    return ta < tb
-  end
-  return a < b
 end
 
 local function scalar(v)
@@ -59,7 +53,7 @@ local function write_value(v, indent, out)
       keys[#keys + 1] = k
     end
   end
-  table.sort(keys, key_order)
+  table.sort(keys, pretty.key_less)
   if n == 0 and #keys == 0 then
     out[#out + 1] = "{}"
     return
@@ -127,16 +121,31 @@ function M.write_atomic(path, data)
   return true
 end
 
--- Read a Lua data file written by serialize: it runs with no environment at
--- all, so it can build tables and nothing else.
-function M.read_data(path)
+-- store.read_file(path) -> text | nil, err, code
+-- The whole file as a string, read at once and synchronously (meant for
+-- small files): the counterpart of write_atomic. Errors: "ENOENT: read
+-- PATH: why" (code ENOENT), EIO for any other failure.
+function M.read_file(path)
   local f, err = io.open(path, "rb")
   if not f then
     local code = tostring(err):match("No such file") and "ENOENT" or "EIO"
     return nil, code .. ": read " .. path .. ": " .. tostring(err), code
   end
-  local text = f:read("*a")
+  local text, rerr = f:read("*a")
   f:close()
+  if not text then -- a folder opens, but does not read
+    return nil, "EIO: read " .. path .. ": " .. tostring(rerr), "EIO"
+  end
+  return text
+end
+
+-- Read a Lua data file written by serialize: it runs with no environment at
+-- all, so it can build tables and nothing else.
+function M.read_data(path)
+  local text, err, code = M.read_file(path)
+  if not text then
+    return nil, err, code
+  end
   local chunk, perr = loadstring(text, "=" .. path)
   if not chunk then
     return nil, "EINVAL: " .. perr, "EINVAL"

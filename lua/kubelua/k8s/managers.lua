@@ -44,6 +44,7 @@ local core = require "kubelua.core"
 local k8s = require "kubelua.k8s"
 local options = require "kubelua.opts"
 local task = require "kubelua.task"
+local sorted_keys = require("kubelua.pretty").sorted_keys
 
 local M = {}
 
@@ -87,15 +88,6 @@ local function add(set, name)
   end
 end
 
-local function sorted(set)
-  local out = {}
-  for k in pairs(set) do
-    out[#out + 1] = k
-  end
-  table.sort(out)
-  return out
-end
-
 local function field(t, ...)
   for i = 1, select("#", ...) do
     if type(t) ~= "table" then
@@ -133,7 +125,7 @@ function M.configmap_names(pod)
   for _, v in ipairs(field(pod, "spec", "volumes") or {}) do
     add(set, field(v, "configMap", "name"))
   end
-  return sorted(set)
+  return sorted_keys(set)
 end
 
 -- secret_names(pod) -> sorted names of the Secrets the pod references
@@ -151,7 +143,7 @@ function M.secret_names(pod)
       add(set, field(v, plugin, "secretRef", "name"))
     end
   end
-  return sorted(set)
+  return sorted_keys(set)
 end
 
 -- ------------------------------------------------------------- the stores

@@ -59,6 +59,7 @@ local json = require "kubelua.k8s.json"
 local k8s = require "kubelua.k8s"
 local options = require "kubelua.opts"
 local task = require "kubelua.task"
+local sorted_keys = require("kubelua.pretty").sorted_keys
 
 local M = {}
 
@@ -449,11 +450,7 @@ end
 
 -- items() -> the objects in the store, sorted by key
 function Watcher:items()
-  local keys = {}
-  for k in pairs(self.store) do
-    keys[#keys + 1] = k
-  end
-  table.sort(keys)
+  local keys = sorted_keys(self.store)
   local out = {}
   for i, k in ipairs(keys) do
     out[i] = self.store[k]
