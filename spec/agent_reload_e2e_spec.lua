@@ -147,10 +147,10 @@ t.describe("agent reload", function()
     local before = metric("kubelua_config_last_reload_success_timestamp_seconds")
     local from = #notes_list() + 1
     gc_policy("v2", 3)
-    config({ gc_period = "1s", file_check = "5s", endpoint = "unix:///nowhere.sock" })
+    config({ gc_period = "1s", file_check = "5s", endpoint = "unix:///nowhere.sock", more = "probeTick: 50ms\n" })
     hup()
     local s = outcome(1)
-    t.match(s, "config reloaded from " .. cfgfile:gsub("%p", "%%%0") .. ": changed: containerGCPeriod, fileCheckFrequency; policies: gc=")
+    t.match(s, "config reloaded from " .. cfgfile:gsub("%p", "%%%0") .. ": changed: containerGCPeriod, fileCheckFrequency, probeTick; policies: gc=")
     t.match(s, "restart required for containerRuntimeEndpoint %(" .. ctd.endpoint:gsub("%p", "%%%0")
       .. " %-> unix:///nowhere%.sock%)")
     -- the new policy runs, every second now

@@ -444,6 +444,14 @@ describe("swappable policy", function()
     t.eq(gaps, { 1, 2, 4, 8 }, "each restart doubles the period")
     finish(env)
   end)
+  t.it("a tick that is not a number of seconds >= 0 is refused", function()
+    for _, bad in ipairs({ "20ms", -0.02, 0 / 0, math.huge }) do
+      t.fails(function() prober.new{ metrics = false, tick = bad } end,
+        "option tick must be a number of seconds >= 0, got " .. tostring(bad):gsub("%p", "%%%0"))
+    end
+    local mgr = prober.new{ metrics = false, tick = 0 }
+    t.eq(mgr.tick, 0, "0 turns it off")
+  end)
   t.it("unknown hooks are refused", function()
     local env = setup({})
     t.fails(function() env.mgr:set_policy({ wrap = function() end }) end, "unknown policy hook 'wrap'")

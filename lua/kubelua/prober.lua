@@ -571,6 +571,10 @@ end
 
 function M.new(opts)
   opts = opts or {}
+  local tick = opts.tick
+  if tick ~= nil and not (type(tick) == "number" and tick >= 0 and tick < math.huge) then
+    error("kubelua.prober.new: option tick must be a number of seconds >= 0, got " .. tostring(tick), 2)
+  end
   local clock = opts.clock or {
     now = core.now,
     event = require("kubelua.probe.core").event,

@@ -20,6 +20,20 @@ static inline lua_State *fuzz_new_state(void)
     return L;
 }
 
+#ifdef KL_FUZZ_LUA_DIR
+/* Point require at the project's Lua modules and push the target's check
+ * script `src` (chunk name `name`), compiled; a syntax error is thrown. */
+static inline void fuzz_push_check(lua_State *L, const char *src, size_t len, const char *name)
+{
+    lua_getglobal(L, "package");
+    lua_pushstring(L, KL_FUZZ_LUA_DIR "/?.lua");
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+    if (luaL_loadbuffer(L, src, len, name) != 0)
+        lua_error(L);
+}
+#endif
+
 /* A finding: say what broke, then abort so libFuzzer saves the input. */
 #define FUZZ_FAIL(...)                                                                             \
     do {                                                                                           \

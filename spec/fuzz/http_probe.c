@@ -235,12 +235,7 @@ static int run_input(lua_State *L)
 {
     input *in = lua_touserdata(L, 1);
     lua_settop(L, 0);
-    lua_getglobal(L, "package");
-    lua_pushstring(L, KL_FUZZ_LUA_DIR "/?.lua");
-    lua_setfield(L, -2, "path");
-    lua_settop(L, 0);
-    if (luaL_loadbuffer(L, CHECK, sizeof CHECK - 1, "=fuzz.http_probe") != 0)
-        return lua_error(L);
+    fuzz_push_check(L, CHECK, sizeof CHECK - 1, "=fuzz.http_probe");
     lua_pushlightuserdata(L, in);
     lua_pushcclosure(L, fake_request, 1);
     lua_call(L, 1, 1);

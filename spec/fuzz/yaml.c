@@ -44,14 +44,11 @@ static int run(lua_State *L)
     const char *data = lua_touserdata(L, 1);
     size_t size = *(const size_t *)lua_touserdata(L, 2);
     lua_getglobal(L, "package");
-    lua_pushstring(L, KL_FUZZ_LUA_DIR "/?.lua");
-    lua_setfield(L, -2, "path");
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, luaopen_kubelua_yaml_core);
     lua_setfield(L, -2, "kubelua.yaml.core");
     lua_settop(L, 2);
-    if (luaL_loadbuffer(L, CHECK, sizeof CHECK - 1, "=fuzz.yaml") != 0)
-        return lua_error(L);
+    fuzz_push_check(L, CHECK, sizeof CHECK - 1, "=fuzz.yaml");
     lua_call(L, 0, 1);
     lua_pushlstring(L, data, size);
     lua_call(L, 1, 0);
